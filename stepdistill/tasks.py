@@ -1,0 +1,294 @@
+"""Tasks: how an example becomes input text, what its labels are, how answers compare, how teacher text parses.
+
+Built in: ``esnli``, ``anli1`` (3-way NLI), ``cqa`` (five-choice questions) and ``svamp`` (math word problems
+whose label is an equation). Users add their own with a subclass and :func:`register_task`, a Python file
+(``path/to/tasks.py:ClassName``) or a declarative JSON spec (see :class:`SpecTask`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .arith import evaluate_arithmetic, values_equal
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+@dataclass(frozen=True)
+class TeacherParse:
+    """A teacher output split into rationale and label; ``error`` names why it is unusable (None when usable)."""
+
+    rationale: str | None
+    label: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, single spaces, no surrounding whitespace or trailing period."""
+    return re.sub(r"\s+", " ", text).strip().rstrip(".").strip().lower()
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str] = ""
+    labels: ClassVar[tuple[str, ...] | None] = None  # fixed label set; None for per-example choices or free-form
+    input_fields: ClassVar[tuple[str, ...]] = ()  # raw fields an example must carry
+    label_field: ClassVar[str] = "label"
+    id_field: ClassVar[str] = "id"
+    prompt_name: ClassVar[str] = ""  # template file stem in prompts/
+    full_split_sizes: ClassVar[dict[str, int]] = {}  # sizes of the complete public splits (for fractions)
+    free_form: ClassVar[bool] = False  # True: predictions are generated, not ranked
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def format_input(self, example: dict[str, Any]) -> str:
+        """The student's input text (without the [label]/[rationale] prefix)."""
+        raise NotImplementedError
+
+    def prompt_fields(self, example: dict[str, Any]) -> dict[str, str]:
+        """Values substituted into this task's few-shot prompt template."""
+        return {field: str(example[field]) for field in self.input_fields}
+
+    def choices(self, example: dict[str, Any]) -> list[str] | None:
+        """Candidate answers to rank for this example (None: generate)."""
+        return list(self.labels) if self.labels else None
+
+    # -- labels ---------------------------------------------------------------------------------------------
+    def canonical_label(self, text: str, example: dict[str, Any] | None = None) -> str | None:
+        """The label as the task spells it, or None when ``text`` is not a valid label."""
+        candidates = self.choices(example or {}) if self.labels is None else list(self.labels)
+        if candidates is None:
+            return text.strip() or None
+        wanted = normalize_text(text)
+        for candidate in candidates:
+            if normalize_text(candidate) == wanted:
+                return candidate
+        return None
+
+    def is_correct(self, prediction: str, gold: str, example: dict[str, Any] | None = None) -> bool:
+        """Exact match after normalisation."""
+        return normalize_text(prediction) == normalize_text(gold)
+
+    # -- teacher --------------------------------------------------------------------------------------------
+    def parse_teacher(self, output: str, example: dict[str, Any] | None = None) -> TeacherParse:
+        raise NotImplementedError
+
+    def _checked(self, rationale: str | None, label: str | None, example: dict[str, Any] | None) -> TeacherParse:
+        """Shared validation after a task-specific split into rationale and raw label."""
+        if label is None:
+            return TeacherParse(rationale, None, "no_answer")
+        canonical = self.canonical_label(label, example)
+        if canonical is None:
+            return TeacherParse(rationale, label, "unknown_label")
+        if not rationale or not rationale.strip():
+            return TeacherParse(rationale, canonical, "empty_rationale")
+        return TeacherParse(rationale.strip(), canonical, None)
+
+
+class _NLITask(Task):
+    labels = NLI_LABELS
+    input_fields = ("premise", "hypothesis")
+
+    def format_input(self, example: dict[str, Any]) -> str:
+        return f"premise: {example['premise'].strip()} hypothesis: {example['hypothesis'].strip()}"
+
+
+class ESNLI(_NLITask):
+    """e-SNLI. Teacher text: ``<rationale>\\nAnswer: <label>`` then an echoed ``Premise: ...``."""
+
+    name = "esnli"
+    prompt_name = "esnli"
+    full_split_sizes = {"train": 549_367, "valid": 9_842, "test": 9_824}
+
+    def parse_teacher(self, output, example=None):
+        # The authors' rule: rationale before "Answer:", label after "Answer: " up to "Premise".
+        rationale = output.split("Answer:")[0].rstrip()
+        if "Answer: " not in output:
+            return self._checked(rationale, None, example)
+        label = output.split("Answer: ")[1].split("Premise")[0].rstrip()
+        return self._checked(rationale, label, example)
+
+
+class ANLI1(_NLITask):
+    """ANLI round 1. Teacher text: ``<rationale> So the answer is <label>.`` then an echoed ``Premise: ...``."""
+
+    name = "anli1"
+    prompt_name = "anli1"
+    full_split_sizes = {"train": 16_946, "valid": 1_000, "test": 1_000}
+
+    def parse_teacher(self, output, example=None):
+        # The authors' rule: text before the first "Premise:", split once on "So the answer is", drop the period.
+        parts = output.split("Premise:")[0].rstrip().split("So the answer is")
+        if len(parts) != 2:
+            return self._checked(parts[0].rstrip() if parts else None, None, example)
+        rationale, label = parts
+        return self._checked(rationale.rstrip(), label.lstrip()[:-1], example)
+
+
+class CQA(Task):
+    """CommonsenseQA (CoS-E v1.11 fields: question, choices[5], answer). The label is the answer text."""
+
+    name = "cqa"
+    prompt_name = "cqa"
+    input_fields = ("question", "choices")
+    label_field = "answer"
+    full_split_sizes = {"train": 9_741, "test": 1_221}
+
+    def format_input(self, example):
+        letters = "abcde"
+        lines = [example["question"].strip(), "Answer Choices:"]
+        lines += [f"({letters[i]}) {choice}" for i, choice in enumerate(example["choices"])]
+        return "\n".join(lines)
+
+    def prompt_fields(self, example):
+        return {"question": self.format_input(example)}
+
+    def choices(self, example):
+        return list(example.get("choices") or []) or None
+
+    def parse_teacher(self, output, example=None):
+        parts = output.split("Q:")[0].rstrip().split("So the answer is")
+        if len(parts) != 2:
+            return self._checked(parts[0].rstrip(), None, example)
+        rationale, tail = parts
+        match = re.search(r"\([a-e]\)\s*(.+)", tail)
+        if not match:
+            return self._checked(rationale.rstrip(), tail.strip(), example)
+        return self._checked(rationale.rstrip(), match.group(1).strip().rstrip("."), example)
+
+
+class SVAMP(Task):
+    """SVAMP (fields Body, Question, Equation). The label is an equation, compared by value."""
+
+    name = "svamp"
+    prompt_name = "svamp"
+    input_fields = ("Body", "Question")
+    label_field = "Equation"
+    full_split_sizes = {"train": 800, "test": 200}
+    free_form = True
+
+    def format_input(self, example):
+        return f"{example['Body'].strip()}\n{example['Question'].strip()}"
+
+    def prompt_fields(self, example):
+        return {"question": self.format_input(example)}
+
+    def canonical_label(self, text, example=None):
+        try:
+            evaluate_arithmetic(text)
+        except ValueError:
+            return None
+        return text.strip()
+
+    def is_correct(self, prediction, gold, example=None):
+        return values_equal(prediction, gold)
+
+    def parse_teacher(self, output, example=None):
+        parts = output.split("Q:")[0].rstrip().split("The answer is")
+        if len(parts) != 2:
+            return self._checked(parts[0].rstrip(), None, example)
+        rationale, tail = parts
+        match = re.search(r"\(.*\)", tail)
+        return self._checked(rationale.rstrip(), match.group(0) if match else tail.strip().rstrip("."), example)
+
+
+class SpecTask(Task):
+    """A task declared in JSON, for datasets a user brings. Keys:
+
+    - ``name`` (str), ``input_template`` (str.format over example fields, e.g. ``"review: {text}"``)
+    - ``labels`` (list of str) or ``"free_form": true``; ``label_field`` (default ``label``); ``id_field`` (default ``id``)
+    - ``teacher_pattern``: regex with named groups ``rationale`` and ``label`` applied to teacher text
+      (default: ``<rationale> So the answer is <label>.``)
+    - ``prompt``: path of the few-shot template, relative to the spec file (optional)
+    """
+
+    DEFAULT_PATTERN = r"(?s)^(?P<rationale>.*?)\s*So the answer is\s*(?P<label>[^\n]*?)\.?\s*(?:\n|$)"
+
+    def __init__(self, spec: dict[str, Any], source: str = "<spec>"):
+        missing = [key for key in ("name", "input_template") if key not in spec]
+        if missing:
+            raise ValueError(f"{source}: task spec is missing field(s) {', '.join(missing)}")
+        if not spec.get("labels") and not spec.get("free_form"):
+            raise ValueError(f"{source}: task spec needs 'labels' (a list) or 'free_form': true")
+        self.spec = spec
+        self.name = spec["name"]
+        self.labels = tuple(spec["labels"]) if spec.get("labels") else None
+        self.free_form = bool(spec.get("free_form"))
+        self.label_field = spec.get("label_field", "label")
+        self.id_field = spec.get("id_field", "id")
+        self.input_template = spec["input_template"]
+        self.input_fields = tuple(re.findall(r"{(\w+)[^}]*}", self.input_template))
+        self.teacher_pattern = re.compile(spec.get("teacher_pattern", self.DEFAULT_PATTERN))
+        self.prompt_name = spec.get("prompt", "")
+        self.prompt_path = (Path(source).parent / spec["prompt"]) if spec.get("prompt") and source != "<spec>" else None
+        self.full_split_sizes = dict(spec.get("full_split_sizes", {}))
+
+    def format_input(self, example):
+        return self.input_template.format(**example)
+
+    def parse_teacher(self, output, example=None):
+        match = self.teacher_pattern.search(output)
+        if not match:
+            return TeacherParse(None, None, "no_answer")
+        return self._checked(match.group("rationale"), match.group("label"), example)
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a Task subclass available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a non-empty 'name' to be registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+for _builtin in (ESNLI, ANLI1, CQA, SVAMP):
+    register_task(_builtin)
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str | Task) -> Task:
+    """A task by registered name, JSON spec path (``*.json``) or Python class (``file.py:Class``, ``module:Class``)."""
+    if isinstance(name, Task):
+        return name
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    if name.endswith(".json"):
+        path = Path(name)
+        try:
+            spec = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"task spec file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: invalid JSON in task spec: {exc.msg}") from None
+        return SpecTask(spec, source=str(path))
+    if ":" in name:
+        target, _, attr = name.rpartition(":")
+        if target.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
+            if module_spec is None or not Path(target).exists():
+                raise ValueError(f"task file not found: {target}")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        cls = getattr(module, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise ValueError(f"{name}: {attr} is not a stepdistill.tasks.Task subclass")
+        return cls()
+    raise ValueError(f"unknown task {name!r}; built in: {', '.join(task_names())}; or a spec.json / file.py:Class")
