@@ -5,21 +5,29 @@ Command modules import heavy libraries (torch, transformers) inside the function
 
 from __future__ import annotations
 
+import re
 import sys
 
 
 def _commands() -> dict:
-    from .commands import data
+    from .data import data_command
 
     return {
-        "data": data,
+        "data": data_command,
     }
+
+
+def _accept_dashes(args: list[str]) -> list[str]:
+    # jsonargparse names options after the parameters (--data_dir); accept the usual --data-dir spelling too
+    return [re.sub(r"^(--[a-z0-9_-]+)", lambda m: m.group(1)[:2] + m.group(1)[2:].replace("-", "_"), arg)
+            if arg.startswith("--") else arg for arg in args]
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli(_commands(), args=sys.argv[1:] if argv is None else argv, as_positional=False)
+    args = sys.argv[1:] if argv is None else argv
+    auto_cli(_commands(), args=_accept_dashes(args), as_positional=False)
 
 
 if __name__ == "__main__":
