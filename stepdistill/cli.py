@@ -11,9 +11,11 @@ import sys
 
 def _commands() -> dict:
     from .data import data_command
+    from .experiments import curve_command
 
     return {
         "data": data_command,
+        "curve": curve_command,
     }
 
 
