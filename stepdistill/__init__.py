@@ -15,3 +15,19 @@ __all__ = [
     "task_names",
     "values_equal",
 ]
+
+# Lazy exports: resolved on first access, so `import stepdistill` stays fast. Add entries here (name -> module).
+_LAZY = {
+    name: "stepdistill.teacher"
+    for name in ("RationaleGenerator", "GenerationParams", "Teacher", "OpenAITeacher", "HFTeacher", "ReplayTeacher",
+                 "make_teacher", "merge_caches", "load_rationales", "attach_rationales", "load_template")
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stepdistill' has no attribute {name!r}")

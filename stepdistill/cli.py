@@ -12,10 +12,12 @@ import sys
 def _commands() -> dict:
     from .data import data_command
     from .experiments import curve_command
+    from .teacher.command import generate_command
 
     return {
         "data": data_command,
         "curve": curve_command,
+        "generate": generate_command,
     }
 
 

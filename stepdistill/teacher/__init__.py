@@ -1,0 +1,17 @@
+"""Rationale extraction: few-shot prompts, teachers (API, local model, replay) and the crash-safe generator.
+
+Importing this package is cheap: torch/transformers load only when a local model is used, openai on first request.
+"""
+
+from .generator import (CacheError, GenerationResult, RationaleGenerator, Summary, attach_rationales, format_summary,
+                        load_rationales, merge_caches, read_cache)
+from .prompts import PromptTemplate, load_template, template_for_task
+from .teachers import (GenerationParams, HFTeacher, OpenAITeacher, ReplayTeacher, Reply, Teacher, TeacherFatalError,
+                       make_teacher)
+
+__all__ = [
+    "CacheError", "GenerationParams", "GenerationResult", "HFTeacher", "OpenAITeacher", "PromptTemplate",
+    "RationaleGenerator", "ReplayTeacher", "Reply", "Summary", "Teacher", "TeacherFatalError", "attach_rationales",
+    "format_summary", "load_rationales", "load_template", "make_teacher", "merge_caches", "read_cache",
+    "template_for_task",
+]

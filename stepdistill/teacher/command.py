@@ -1,0 +1,112 @@
+"""The ``stepdistill generate`` command: teacher rationales for a task split, into a resumable JSON Lines cache."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+
+def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data", out: str = "rationales.jsonl",
+                     split: str = "train", data_dir: str | None = None, source: str = "local",
+                     files: dict[str, str] | None = None, fields: dict[str, str] | None = None,
+                     limit: int | None = None, shard: str | None = None, concurrency: int = 16,
+                     prompt: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                     n: int = 1, seed: int | None = None, endpoint: str = "chat", base_url: str | None = None,
+                     api_key: str | None = None, timeout: float = 60.0, max_attempts: int = 6,
+                     requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+                     prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
+                     filter_gold: bool = False, retry_failed: bool = False, merge: str | None = None,
+                     summary_json: str | None = None, progress: bool = True) -> None:
+    """Prompt a teacher for a rationale and label per example; resumable (a rerun sends nothing for cached work).
+
+    Prints a progress bar (done, cached, failed, tokens, cost) and a summary: parse failures by reason, request
+    failures by reason and teacher-label agreement with gold.
+
+    Args:
+        task: Registered task name (esnli, anli1, cqa, svamp), a task spec ``.json`` or ``file.py:Class``.
+        teacher: ``openai:MODEL`` (any OpenAI-compatible server), ``hf:PATH`` (local causal LM) or ``replay:DIR``
+            (released outputs: a ../shared/data-style folder or the official datasets/ layout).
+        out: The JSON Lines cache to write (appended to; one record per example).
+        split: Split to generate for.
+        data_dir: Data folder for the examples (source local/official). Default: $STEPDISTILL_DATA_DIR, else ../shared/data.
+        source: Example source: local, official, hub, jsonl or csv (see ``stepdistill data``).
+        files: For jsonl/csv sources: split -> file, e.g. ``{train: my_train.jsonl}``.
+        fields: For jsonl/csv sources: task field -> column name in the files.
+        limit: Only the first N examples (after sharding).
+        shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
+            ``--merge``).
+        concurrency: Requests in flight at once (API teacher).
+        prompt: Few-shot template file (default: the task's built-in template).
+        max_new_tokens: Token limit per answer.
+        temperature: Sampling temperature (0 = greedy).
+        top_p: Nucleus sampling mass.
+        n: Samples per example; > 1 enables self-consistency (majority vote on the label; needs temperature > 0).
+        seed: Sampling seed, where the teacher supports one.
+        endpoint: API endpoint: ``chat`` or ``completions``.
+        base_url: API base URL (default: $OPENAI_BASE_URL, else OpenAI's).
+        api_key: API key (default and preferred: $OPENAI_API_KEY). Never written anywhere.
+        timeout: Seconds per request attempt.
+        max_attempts: Attempts per request before the example is recorded as failed.
+        requests_per_minute: Client-side request-rate limit.
+        tokens_per_minute: Client-side token-rate limit.
+        prices: USD per million tokens by model, ``{model: [input, output]}`` (adds to the built-in table).
+        device: Local model device: auto, cpu, cuda, mps.
+        batch_size: Local model prompts per batch.
+        filter_gold: Drop rationales whose label disagrees with the gold label (counted in the summary).
+        retry_failed: Ask again for examples whose cached record is a request failure.
+        merge: Instead of generating, merge these caches (a glob such as ``'shards/*.jsonl'``, or comma-separated
+            paths) into ``out``.
+        summary_json: Also write the summary as JSON to this file.
+        progress: Show the progress bar.
+    """
+    from ..data import DataError, load_task_data
+    from .generator import CacheError, RationaleGenerator, format_summary, merge_caches
+    from .teachers import GenerationParams, TeacherFatalError, make_teacher
+
+    if merge:
+        paths = sorted({path for part in merge.split(",") for path in (glob.glob(part.strip()) or [part.strip()])})
+        missing = [path for path in paths if not Path(path).exists()]
+        if missing:
+            raise SystemExit(f"error: no such cache file: {', '.join(missing)}")
+        try:
+            stats = merge_caches(paths, out)
+        except CacheError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"merged {stats['files']} caches into {out}: {stats['records']:,} records "
+              f"({stats.get('duplicates', 0):,} duplicates dropped)")
+        return
+
+    options = {}
+    kind = teacher.partition(":")[0]
+    if kind == "openai":
+        options = dict(base_url=base_url, api_key=api_key, endpoint=endpoint, timeout=timeout,
+                       max_attempts=max_attempts, requests_per_minute=requests_per_minute,
+                       tokens_per_minute=tokens_per_minute,
+                       prices={model: tuple(price) for model, price in (prices or {}).items()})
+    elif kind == "hf":
+        options = dict(device=device, batch_size=batch_size)
+    data_options = {key: value for key, value in dict(files=files, fields=fields).items() if value}
+    try:
+        data = load_task_data(task, data_dir=data_dir, source=source, splits=[split], **data_options)
+        teacher_obj = make_teacher(teacher, data.task.name, split, **options)
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
+        generator = RationaleGenerator(data.task, teacher_obj, out, template=prompt, params=params,
+                                       concurrency=concurrency, filter_gold=filter_gold, retry_failed=retry_failed,
+                                       shard=shard, progress=progress)
+        result = generator.run(data.splits[split], limit=limit)
+    except (DataError, CacheError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except TeacherFatalError as exc:
+        raise SystemExit(f"error: the teacher refused every request: {exc}") from None
+    print(format_summary(result.summary))
+    print(f"records: {out}")
+    if summary_json:
+        Path(summary_json).write_text(json.dumps({"task": data.task.name, "split": split, "teacher": teacher_obj.model_id,
+                                                  **result.summary.as_dict()}, indent=2))
+
+
+if __name__ == "__main__":  # `python -m stepdistill.teacher.command ...`, the command without the rest of the CLI
+    from jsonargparse import auto_cli
+
+    auto_cli(generate_command, as_positional=False)

@@ -1,0 +1,485 @@
+"""RationaleGenerator: prompt a teacher for every example and keep the answers in a crash-safe JSON Lines cache.
+
+One record per example, keyed by (example id, prompt hash, teacher model, generation parameters):
+
+    {"id", "key", "prompt_hash", "teacher", "model", "params", "gold",
+     "status": "ok" | "parse_error" | "failed" | "filtered", "error", "error_detail",
+     "raw_output", "finish_reason", "rationale", "label",
+     "outputs", "votes", "rationales",          # only with self-consistency (n > 1)
+     "usage": {"prompt_tokens", "completion_tokens"}, "cost", "attempts", "attempt_errors", "gold_filter"}
+
+- ``failed``: the request failed after every retry (``error`` says why: http_429, timeout, ...).
+- ``parse_error``: the teacher answered but no usable rationale/label came out (no_answer, unknown_label,
+  empty_rationale, truncated).
+- ``filtered``: the voted label disagrees with gold and the gold filter is on (the rationale is dropped).
+
+Crash safety: a single writer task appends records (flush + fsync), so lines never interleave and a SIGKILL leaves
+at most one partial final line, which the next run detects and drops. Each worker waits until its record is on
+disk before taking more work, so a crash loses at most the in-flight requests. A rerun sends nothing for keys
+already in the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonlines
+
+from ..tasks import Task, get_task
+from .prompts import PromptTemplate, load_template, template_for_task
+from .teachers import GenerationParams, Reply, Teacher
+
+STATUSES = ("ok", "parse_error", "failed", "filtered")
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be read; the message names the file and line."""
+
+
+# -- cache files -----------------------------------------------------------------------------------------------
+
+def read_cache(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """All complete records in ``path`` and the byte length of a partial final line (0 if none).
+
+    A final line without its newline is an interrupted write and is not returned; any other bad line is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    partial = len(data) - end
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{path}: line {lineno}: not a JSON record ({exc}); only a final partial line is "
+                             "tolerated, so this file was edited or written by something else") from None
+        if not isinstance(record, dict) or "key" not in record or "id" not in record:
+            raise CacheError(f"{path}: line {lineno}: not a rationale record (needs fields 'id' and 'key')")
+        records.append(record)
+    return records, partial
+
+
+def _index(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """key -> record; a later record for a key replaces an earlier one (a retried failure)."""
+    return {record["key"]: record for record in records}
+
+
+def load_rationales(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Example id -> its record (the last one written), for training on generated rationales."""
+    return {record["id"]: record for record in _index(read_cache(path)[0]).values()}
+
+
+def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``."""
+    out = []
+    for example in examples:
+        record = cache.get(str(example["id"]))
+        if record is None:
+            update = dict(teacher_output=None, rationale=None, teacher_label=None, teacher_error="missing")
+        else:
+            usable = record["status"] == "ok"
+            update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
+                          teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
+        out.append({**example, **update})
+    return out
+
+
+def merge_caches(inputs: Iterable[str | Path], out: str | Path) -> dict[str, int]:
+    """Merge shard caches into ``out`` (written atomically): one record per key, a success preferred to a failure."""
+    merged: dict[str, dict[str, Any]] = {}
+    stats = Counter()
+    for path in inputs:
+        records, partial = read_cache(path)
+        stats["files"] += 1
+        stats["partial_lines_dropped"] += bool(partial)
+        for record in _index(records).values():
+            stats["read"] += 1
+            previous = merged.get(record["key"])
+            if previous is not None:
+                stats["duplicates"] += 1
+                if not (previous["status"] == "failed" and record["status"] != "failed"):
+                    continue
+            merged[record["key"]] = record
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".merging")
+    with jsonlines.open(temporary, mode="w", compact=True) as writer:
+        writer.write_all(merged.values())
+    os.replace(temporary, out)
+    stats["records"] = len(merged)
+    return dict(stats)
+
+
+# -- shards ----------------------------------------------------------------------------------------------------
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 <= i < n) -> (i, n)."""
+    if shard is None or isinstance(shard, tuple):
+        return shard
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return index, count
+
+
+def shard_of(example_id: str, count: int) -> int:
+    # sha256 rather than hash(): the same shard on every machine and Python process
+    return int.from_bytes(hashlib.sha256(f"shard\x00{example_id}".encode()).digest()[:8], "big") % count
+
+
+# -- records ---------------------------------------------------------------------------------------------------
+
+def cache_key(example_id: str, prompt_hash: str, model_id: str, params: dict[str, Any]) -> str:
+    blob = json.dumps([example_id, prompt_hash, model_id, params], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _group_label(task: Task, label: str, groups: list[str], fields: dict[str, Any]) -> str:
+    """The existing vote group ``label`` belongs to (labels compare with the task's rule, e.g. by value)."""
+    for group in groups:
+        if task.is_correct(label, group, fields):
+            return group
+    groups.append(label)
+    return label
+
+
+def finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
+    """Fill the derived fields (status, rationale, label, votes) from the raw outputs. Pure: reruns agree."""
+    record = dict(record)
+    record["gold_filter"] = filter_gold
+    if record["status"] == "failed" and not record.get("raw_output") and not record.get("outputs"):
+        record.update(rationale=None, label=None)
+        return record
+    outputs = record.get("outputs") or [record["raw_output"]]
+    finish = record.get("finish_reasons") or [record.get("finish_reason")] * len(outputs)
+    samples = []
+    for text, reason in zip(outputs, finish):
+        parsed = task.parse_teacher(text, fields)
+        error = parsed.error
+        if error is not None and reason == "length":
+            error = "truncated"  # the token limit cut the answer off: more precise than the parser's reason
+        samples.append((parsed.rationale, parsed.label, error))
+    usable = [(rationale, label) for rationale, label, error in samples if error is None]
+    multi = len(outputs) > 1
+    if not usable:
+        rationale, label, error = samples[0]
+        record.update(status="parse_error", error=error, rationale=rationale, label=label)
+        if multi:
+            record.update(votes={}, rationales=[])
+        return record
+    groups: list[str] = []
+    votes = Counter(_group_label(task, label, groups, fields) for _, label in usable)
+    winner = max(groups, key=lambda group: votes[group])  # ties: the label seen first
+    agreeing = [rationale for rationale, label in usable if task.is_correct(label, winner, fields)]
+    record.update(status="ok", error=None, label=winner, rationale=agreeing[0])
+    if multi:
+        record.update(votes=dict(votes), rationales=agreeing)
+    gold = record.get("gold")
+    if filter_gold and gold is not None and not task.is_correct(winner, gold, fields):
+        record.update(status="filtered", error="disagrees_with_gold", rationale=None)
+        if multi:
+            record["rationales"] = []
+    return record
+
+
+# -- the generator ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    examples: int = 0
+    cached: int = 0  # answered from the cache, no request
+    generated: int = 0  # new records this run
+    failed_this_run: int = 0  # new records that are request or parse failures
+    ok: int = 0
+    parse_failures: Counter = field(default_factory=Counter)  # over all examples, by reason
+    request_failures: Counter = field(default_factory=Counter)  # over all examples, after retries, by reason
+    filtered: int = 0  # examples whose rationales the gold filter dropped
+    rationales_dropped: int = 0
+    agree: int = 0  # teacher label equals gold (over all examples)
+    requests: int = 0  # attempts sent this run, retries included
+    retried: Counter = field(default_factory=Counter)  # failed attempts that were retried, by reason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    partial_line_dropped: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.examples if self.examples else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {name: (dict(value.most_common()) if isinstance(value, Counter) else value)
+               for name, value in self.__dict__.items()}
+        out["agreement"] = round(self.agreement, 6)
+        return out
+
+
+def format_summary(summary: Summary) -> str:
+    s = summary
+    lines = [f"{s.examples:,} examples: {s.cached:,} from the cache, {s.generated:,} generated "
+             f"({s.requests:,} requests) in {s.elapsed_s:.1f}s",
+             f"usable rationales: {s.ok:,}; teacher-label agreement with gold: {s.agreement:.1%} ({s.agree:,}/{s.examples:,})"]
+    if s.parse_failures:
+        lines.append("parse failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in s.parse_failures.most_common()))
+    if s.request_failures:
+        lines.append("request failures (after retries) by reason: "
+                     + ", ".join(f"{k} {v:,}" for k, v in s.request_failures.most_common()))
+    if s.retried:
+        lines.append("retried attempts by reason: " + ", ".join(f"{k} {v:,}" for k, v in s.retried.most_common()))
+    if s.filtered:
+        lines.append(f"dropped by the gold filter: {s.filtered:,} examples ({s.rationales_dropped:,} rationales)")
+    cost = "n/a (no price for this model)" if s.cost is None else f"${s.cost:.4f}"
+    lines.append(f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion; cost {cost}")
+    if s.partial_line_dropped:
+        lines.append("a partial final line from an interrupted run was dropped from the cache")
+    return "\n".join(lines)
+
+
+@dataclass
+class GenerationResult:
+    records: list[dict[str, Any]]  # one per example, in example order
+    summary: Summary
+
+
+@dataclass
+class _Job:
+    example_id: str
+    fields: dict[str, Any]
+    gold: str | None
+    prompt: str | None
+    prompt_hash: str
+    key: str
+
+
+class RationaleGenerator:
+    """Prompt ``teacher`` for a rationale and label for every example, caching one record per example.
+
+    Args:
+        task: A Task or a registered name / spec path.
+        teacher: An :class:`~stepdistill.teacher.teachers.Teacher`.
+        cache_path: The JSON Lines cache (created if missing; appended to; resumable).
+        template: A PromptTemplate, a template path or built-in name; default: the task's template.
+        params: Generation parameters; ``stop`` defaults to the template's stop strings.
+        concurrency: Requests in flight at once (a local model runs one batch at a time).
+        filter_gold: Drop rationales whose (voted) label disagrees with the gold label (status ``filtered``).
+        retry_failed: Ask again for examples whose cached record is a request failure.
+        shard: ``"i/n"``: only the examples whose id hashes to shard i of n.
+        progress: Show a tqdm progress bar.
+    """
+
+    def __init__(self, task: Task | str, teacher: Teacher, cache_path: str | Path,
+                 template: PromptTemplate | str | Path | None = None, params: GenerationParams | None = None,
+                 concurrency: int = 16, filter_gold: bool = False, retry_failed: bool = False,
+                 shard: str | tuple[int, int] | None = None, progress: bool = True):
+        self.task = get_task(task)
+        self.teacher = teacher
+        self.cache_path = Path(cache_path)
+        uses_prompt = teacher.kind != "replay"
+        if isinstance(template, PromptTemplate) or template is None and not uses_prompt:
+            self.template = template
+        else:
+            self.template = load_template(template) if template is not None else template_for_task(self.task)
+        params = params or GenerationParams()
+        if not params.stop and self.template is not None and self.template.stop:
+            params = GenerationParams(**{**params.__dict__, "stop": self.template.stop})
+        if teacher.kind == "replay" and params.n > 1:
+            raise ValueError("the replay teacher has one output per example: self-consistency needs n = 1")
+        self.params = params
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.concurrency = concurrency
+        self.filter_gold = filter_gold
+        self.retry_failed = retry_failed
+        self.shard = parse_shard(shard)
+        self.progress = progress
+
+    # -- planning ---------------------------------------------------------------------------------------------
+    def _view(self, position: int, example: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+        """(id, raw fields, gold label) of a data-layer record or of a raw example dict."""
+        if isinstance(example.get("fields"), dict) and "id" in example:
+            return str(example["id"]), example["fields"], example.get("label")
+        if self.task.id_field not in example:
+            raise ValueError(f"example {position}: missing field '{self.task.id_field}'")
+        raw_label = example.get(self.task.label_field)
+        gold = self.task.canonical_label(str(raw_label), example) if raw_label is not None else None
+        return str(example[self.task.id_field]), example, gold
+
+    def plan(self, examples: Iterable[dict[str, Any]], limit: int | None = None) -> list[_Job]:
+        model_id = self.teacher.model_id
+        key_params = self.teacher.key_params(self.params)
+        jobs, seen = [], set()
+        for position, example in enumerate(examples):
+            example_id, fields, gold = self._view(position, example)
+            if example_id in seen:
+                raise ValueError(f"example {position}: duplicate id {example_id}")
+            seen.add(example_id)
+            if self.shard and shard_of(example_id, self.shard[1]) != self.shard[0]:
+                continue
+            if self.template is None:
+                prompt, prompt_hash = None, "released"  # a recording: its prompt is the one it was made with
+            else:
+                try:
+                    prompt = self.template.render(self.task.prompt_fields(fields))
+                except (KeyError, ValueError) as exc:
+                    raise ValueError(f"example {example_id}: {exc}") from None
+                prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+            jobs.append(_Job(example_id, fields, gold, prompt, prompt_hash,
+                             cache_key(example_id, prompt_hash, model_id, key_params)))
+            if limit is not None and len(jobs) >= limit:
+                break
+        return jobs
+
+    def _record(self, job: _Job, reply: Reply) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": job.example_id, "key": job.key, "prompt_hash": job.prompt_hash, "teacher": self.teacher.kind,
+            "model": self.teacher.model, "params": self.teacher.key_params(self.params), "gold": job.gold,
+            "status": "failed" if reply.error else "ok", "error": reply.error, "error_detail": reply.error_detail,
+            "raw_output": reply.outputs[0] if reply.outputs else None,
+            "finish_reason": reply.finish_reasons[0] if reply.finish_reasons else None,
+        }
+        if len(reply.outputs) > 1:
+            record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
+        record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+                      cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
+                      attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))
+        return finalize(record, self.task, job.fields, self.filter_gold)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, examples: Iterable[dict[str, Any]], limit: int | None = None) -> GenerationResult:
+        return asyncio.run(self.arun(examples, limit))
+
+    async def arun(self, examples: Iterable[dict[str, Any]], limit: int | None = None) -> GenerationResult:
+        from tqdm.auto import tqdm
+
+        started = time.monotonic()
+        jobs = self.plan(examples, limit)
+        records, partial = read_cache(self.cache_path)
+        if partial:  # an interrupted write: drop it before appending
+            with open(self.cache_path, "r+b") as handle:
+                handle.truncate(self.cache_path.stat().st_size - partial)
+        cached = _index(records)
+        summary = Summary(examples=len(jobs), partial_line_dropped=bool(partial))
+        todo = deque(job for job in jobs if job.key not in cached
+                     or self.retry_failed and cached[job.key]["status"] == "failed")
+        summary.cached = len(jobs) - len(todo)
+        fresh: dict[str, dict[str, Any]] = {}
+        bar = tqdm(total=len(jobs), initial=summary.cached, desc=f"generate {self.task.name}", unit="ex",
+                   disable=not self.progress, dynamic_ncols=True)
+        cost = [0.0, False]  # this run's cost, and whether any record had a price
+
+        def show() -> None:
+            bar.set_postfix(done=summary.generated, cached=summary.cached, failed=summary.failed_this_run,
+                            tokens=summary.prompt_tokens + summary.completion_tokens,
+                            cost=f"${cost[0]:.4f}" if cost[1] else "n/a", refresh=False)
+
+        show()
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        queue: asyncio.Queue = asyncio.Queue()
+        handle = open(self.cache_path, "a", encoding="utf-8")
+        writer = jsonlines.Writer(handle, compact=True, flush=True)
+
+        async def write_records() -> None:
+            # the only writer: lines never interleave. Group commit: write what is queued, then one fsync.
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                items = [item for item in batch if item is not None]
+                for record, _ in items:
+                    writer.write(record)
+                if items:
+                    await asyncio.to_thread(os.fsync, handle.fileno())
+                for _, done in items:
+                    if not done.done():
+                        done.set_result(None)
+                if len(items) < len(batch):
+                    return
+
+        async def work() -> None:
+            loop = asyncio.get_running_loop()
+            while todo:
+                batch = [todo.popleft() for _ in range(min(self.teacher.batch_size, len(todo)))]
+                replies = await self.teacher.generate([job.prompt for job in batch], [job.example_id for job in batch],
+                                                      self.params)
+                waits = []
+                for job, reply in zip(batch, replies):
+                    record = self._record(job, reply)
+                    done = loop.create_future()
+                    await queue.put((record, done))
+                    waits.append(done)
+                    fresh[job.key] = record
+                    self._count_new(summary, record, reply)
+                    if record.get("cost") is not None:
+                        cost[0] += record["cost"]
+                        cost[1] = True
+                await asyncio.gather(*waits)  # on disk before taking more work: a crash loses only in-flight requests
+                bar.update(len(batch))
+                show()
+
+        workers = max(1, min(self.concurrency, self.teacher.max_concurrency or self.concurrency,
+                             -(-len(todo) // self.teacher.batch_size)))
+        writer_task = asyncio.create_task(write_records())
+        try:
+            if todo:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(workers):
+                        group.create_task(work())
+        finally:
+            await queue.put(None)
+            await writer_task
+            writer.close()
+            handle.close()
+            bar.close()
+            await self.teacher.aclose()
+        summary.cost = cost[0] if cost[1] else None
+
+        results = []
+        for job in jobs:
+            record = fresh.get(job.key)
+            if record is None:
+                record = finalize(cached[job.key], self.task, job.fields, self.filter_gold)  # current filter setting
+            results.append(record)
+            self._count_outcome(summary, record, job)
+        summary.elapsed_s = time.monotonic() - started
+        return GenerationResult(results, summary)
+
+    def _count_new(self, summary: Summary, record: dict[str, Any], reply: Reply) -> None:
+        summary.generated += 1
+        summary.requests += reply.attempts
+        summary.prompt_tokens += reply.prompt_tokens
+        summary.completion_tokens += reply.completion_tokens
+        retried = reply.attempt_errors[:-1] if reply.error else reply.attempt_errors
+        summary.retried.update(retried)
+        if record["status"] in ("failed", "parse_error"):
+            summary.failed_this_run += 1
+
+    def _count_outcome(self, summary: Summary, record: dict[str, Any], job: _Job) -> None:
+        if record["status"] == "ok":
+            summary.ok += 1
+        elif record["status"] == "failed":
+            summary.request_failures[record["error"]] += 1
+        elif record["status"] == "parse_error":
+            summary.parse_failures[record["error"]] += 1
+        if record["status"] == "filtered":
+            summary.filtered += 1
+            outputs = record.get("outputs")
+            summary.rationales_dropped += record.get("votes", {}).get(record["label"], 1) if outputs else 1
+        if record.get("label") is not None and job.gold is not None and self.task.is_correct(record["label"], job.gold, job.fields):
+            summary.agree += 1

@@ -1,0 +1,471 @@
+"""Teachers behind one interface: an OpenAI-compatible API, a local Hugging Face causal LM, and replay of released
+outputs.
+
+A teacher answers a batch of prompts with one :class:`Reply` per prompt (``n`` sampled outputs, token usage,
+attempts, or the reason it failed). The generator decides what to ask and writes the cache; a teacher only talks
+to its model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("stepdistill.teacher")
+
+# USD per million tokens (input, output), list prices when written; pass `prices` to override or add models.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What is asked of the teacher; part of the cache key (a change means new requests)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1  # samples per example (self-consistency when > 1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.n > 1 and self.temperature <= 0:
+            raise ValueError("self-consistency (n > 1) needs temperature > 0; identical greedy samples cannot vote")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stop": list(self.stop)}
+
+
+@dataclass
+class Reply:
+    """A teacher's answer to one prompt, or why there is none (``error``) after every retry."""
+
+    outputs: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+    attempt_errors: list[str] = field(default_factory=list)  # reasons of the failed attempts, in order
+    error: str | None = None  # e.g. http_429, http_500, timeout, connection, malformed_response, missing_output
+    error_detail: str | None = None
+
+
+class TeacherFatalError(RuntimeError):
+    """An error no retry can fix and that would fail every request (bad key, unknown model): stop the run."""
+
+
+class Teacher:
+    kind: str = ""
+    model: str = ""
+    batch_size: int = 1  # prompts per generate() call
+    max_concurrency: int | None = None  # None: as many concurrent calls as the generator asks for
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.kind}:{self.model}"
+
+    def key_params(self, params: GenerationParams) -> dict[str, Any]:
+        """The generation parameters that change this teacher's output (the cache key's part)."""
+        return params.as_dict()
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return None
+
+    async def generate(self, prompts: list[str], ids: list[str], params: GenerationParams) -> list[Reply]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+# -- OpenAI-compatible API -------------------------------------------------------------------------------------
+
+class RateLimiter:
+    """Token bucket over a rate per second; ``acquire`` may overdraw (settled by later waits).
+
+    Hand-written: no rate limiter ships with our dependencies, and this one must also settle token estimates.
+    """
+
+    def __init__(self, per_second: float, burst: float | None = None):
+        self.rate = per_second
+        self.capacity = burst if burst is not None else max(1.0, per_second)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        async with self.lock:  # first come, first served
+            self._refill()
+            if self.level < min(amount, self.capacity):
+                await asyncio.sleep((min(amount, self.capacity) - self.level) / self.rate)
+                self._refill()
+            self.level -= amount
+
+    def settle(self, correction: float) -> None:
+        """Charge (or refund) the difference between an estimate and the real amount."""
+        self._refill()
+        self.level -= correction
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None if absent."""
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
+            if parsed is None:
+                continue
+            seconds = parsed.timestamp() - time.time()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
+
+
+class OpenAITeacher(Teacher):
+    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, ...) through the async ``openai`` client.
+
+    Args:
+        model: Model name sent to the server.
+        base_url: Server URL (default: $OPENAI_BASE_URL, else OpenAI's).
+        api_key: Key (default: $OPENAI_API_KEY). Never written to the cache, results or logs.
+        endpoint: ``chat`` (/chat/completions, the prompt as one user message) or ``completions`` (raw prompt).
+        timeout: Seconds per request attempt.
+        max_attempts: Attempts per request, the first included, before the example is recorded as failed.
+        backoff_base, backoff_max: Exponential backoff (seconds) between attempts, with jitter.
+        requests_per_minute, tokens_per_minute: Optional client-side rate limits.
+        prices: USD per million (input, output) tokens by model, on top of DEFAULT_PRICES.
+    """
+
+    kind = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, endpoint: str = "chat",
+                 timeout: float = 60.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+                 prices: dict[str, tuple[float, float]] | None = None):
+        if endpoint not in ("chat", "completions"):
+            raise ValueError(f"endpoint must be 'chat' or 'completions', got {endpoint!r}")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not self._api_key:
+            raise ValueError("no API key: set $OPENAI_API_KEY (or pass api_key; a local server accepts any value)")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.prices = {**DEFAULT_PRICES, **(prices or {})}
+        self.requests_sent = 0
+        self._client = None
+        self._loop = None
+        self._request_limiter = self._token_limiter = None
+
+    def __repr__(self) -> str:  # no key
+        return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
+
+    def key_params(self, params):
+        return {**params.as_dict(), "endpoint": self.endpoint}
+
+    def cost(self, prompt_tokens, completion_tokens):
+        price = self.prices.get(self.model)
+        if price is None:
+            return None
+        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _ensure_client(self):
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # one client per event loop (httpx pools are loop-bound)
+            import openai
+
+            # max_retries=0: we retry ourselves, because the client neither retries malformed responses nor
+            # waits out a Retry-After above two minutes, and does not tell us how many attempts it made or why.
+            self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                                              timeout=self.timeout)
+            self._loop = loop
+            if self.requests_per_minute:
+                self._request_limiter = RateLimiter(self.requests_per_minute / 60.0)
+            if self.tokens_per_minute:
+                self._token_limiter = RateLimiter(self.tokens_per_minute / 60.0, burst=self.tokens_per_minute / 60.0 * 10)
+        return self._client
+
+    async def aclose(self):
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def generate(self, prompts, ids, params):
+        return list(await asyncio.gather(*(self._one(prompt, params) for prompt in prompts)))
+
+    async def _call(self, client, prompt: str, params: GenerationParams):
+        common = dict(model=self.model, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                      top_p=params.top_p, n=params.n)
+        if params.stop:
+            common["stop"] = list(params.stop)
+        if params.seed is not None:
+            common["seed"] = params.seed
+        if self.endpoint == "chat":
+            response = await client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
+            choices = sorted(response.choices, key=lambda c: c.index)
+            texts = [choice.message.content or "" for choice in choices]
+        else:
+            response = await client.completions.create(prompt=prompt, **common)
+            choices = sorted(response.choices, key=lambda c: c.index)
+            texts = [choice.text or "" for choice in choices]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError("response has no choices")
+        usage = response.usage
+        return texts, [choice.finish_reason for choice in choices], (usage.prompt_tokens or 0) if usage else 0, \
+            (usage.completion_tokens or 0) if usage else 0
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:  # the server knows best; a little jitter so waiters do not return together
+            return retry_after + random.uniform(0, 0.1 * max(retry_after, self.backoff_base))
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** attempt)
+        return random.uniform(ceiling / 2, ceiling)  # "equal jitter"
+
+    async def _one(self, prompt: str, params: GenerationParams) -> Reply:
+        import openai
+
+        client = self._ensure_client()
+        reply = Reply(attempts=0)
+        estimate = len(prompt) // 4 + params.max_new_tokens * params.n
+        for attempt in range(self.max_attempts):
+            if self._request_limiter:
+                await self._request_limiter.acquire(1)
+            if self._token_limiter:
+                await self._token_limiter.acquire(estimate)
+            reply.attempts += 1
+            self.requests_sent += 1
+            retry_after = None
+            try:
+                async with asyncio.timeout(self.timeout):  # a hard bound; httpx's timeout is per read, not total
+                    texts, finish, prompt_tokens, completion_tokens = await self._call(client, prompt, params)
+            except (openai.APITimeoutError, TimeoutError) as exc:  # before APIConnectionError: a subclass of it
+                reason, detail = "timeout", str(exc) or f"no answer within {self.timeout}s"
+            except openai.APIConnectionError as exc:
+                reason, detail = "connection", str(exc.__cause__ or exc)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                reason, detail = f"http_{status}", str(exc)
+                if status in (401, 403, 404):
+                    raise TeacherFatalError(f"{self!r}: {self._redact(detail)}") from None
+                if status not in (408, 409, 429) and status < 500:  # a bad request stays bad
+                    reply.attempt_errors.append(reason)
+                    reply.error, reply.error_detail = reason, self._redact(detail)[:500]
+                    return reply
+                retry_after = parse_retry_after(exc.response.headers)
+            except (ValueError, TypeError, AttributeError, openai.APIResponseValidationError) as exc:
+                # json.JSONDecodeError is a ValueError: a body that is not the expected JSON
+                reason, detail = "malformed_response", f"{type(exc).__name__}: {exc}"
+            else:
+                if self._token_limiter:
+                    self._token_limiter.settle(prompt_tokens + completion_tokens - estimate)
+                reply.outputs, reply.finish_reasons = texts, finish
+                reply.prompt_tokens += prompt_tokens
+                reply.completion_tokens += completion_tokens
+                return reply
+            if self._token_limiter:
+                self._token_limiter.settle(-estimate)  # nothing was generated
+            reply.attempt_errors.append(reason)
+            if attempt + 1 < self.max_attempts:
+                delay = self._backoff(attempt, retry_after)
+                log.info("attempt %d failed (%s); retrying in %.2fs", attempt + 1, reason, delay)
+                await asyncio.sleep(delay)
+            else:
+                reply.error, reply.error_detail = reason, self._redact(detail)[:500]
+        return reply
+
+
+# -- local Hugging Face causal LM ------------------------------------------------------------------------------
+
+def auto_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    positions = [text.find(s) for s in stop if s in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+class HFTeacher(Teacher):
+    """A causal LM from a local folder (or hub name) through transformers: batched, left-padded generation.
+
+    Args:
+        path: Model folder or name for ``from_pretrained``.
+        device: ``auto`` (cuda, then mps, then cpu) or a torch device string.
+        batch_size: Prompts per generate call.
+        dtype: ``auto`` (bfloat16 on cuda, float32 elsewhere) or a torch dtype name.
+    """
+
+    kind = "hf"
+    max_concurrency = 1  # one batch at a time on the device
+
+    def __init__(self, path: str, device: str = "auto", batch_size: int = 8, dtype: str = "auto"):
+        self.path = str(path)
+        self.model = Path(self.path).name if Path(self.path).exists() else self.path
+        self.device_name = device
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self._model = self._tokenizer = None
+
+    def __repr__(self) -> str:
+        return f"HFTeacher(path={self.path!r}, device={self.device_name!r}, batch_size={self.batch_size})"
+
+    def _load(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            device = auto_device() if self.device_name == "auto" else self.device_name
+            if self.dtype == "auto":
+                dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            else:
+                dtype = getattr(torch, self.dtype)
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            tokenizer.padding_side = "left"  # generation continues at the right edge of every row
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(device).eval()
+            self._model, self._tokenizer, self.device = model, tokenizer, device
+        return self._model, self._tokenizer
+
+    def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[Reply]:
+        import torch
+
+        model, tokenizer = self._load()
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        sampling = params.temperature > 0
+        options: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                                       num_return_sequences=params.n, pad_token_id=tokenizer.pad_token_id)
+        if sampling:
+            options.update(temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        if params.stop:
+            options.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        with torch.inference_mode():
+            generated = model.generate(**encoded, **options)
+        new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        replies = []
+        for i in range(len(prompts)):
+            reply = Reply(prompt_tokens=int(prompt_lengths[i]))
+            for row in new_tokens[i * params.n:(i + 1) * params.n]:
+                tokens = row.tolist()
+                ended = tokenizer.eos_token_id in tokens if tokenizer.eos_token_id is not None else False
+                if ended:
+                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+                text, stopped = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+                reply.outputs.append(text)
+                reply.finish_reasons.append("stop" if stopped or ended else "length")
+                reply.completion_tokens += len(tokens)
+            replies.append(reply)
+        return replies
+
+    async def generate(self, prompts, ids, params):
+        return await asyncio.to_thread(self.generate_sync, prompts, params)
+
+
+# -- replay of released outputs --------------------------------------------------------------------------------
+
+class ReplayTeacher(Teacher):
+    """Released teacher outputs instead of a model: paper reproduction without an API.
+
+    ``folder`` is a ``../shared/data``-style root (``{task}/palm_{split}.jsonl.gz``, joined by id), a task folder
+    holding ``palm_{split}.jsonl[.gz]``, or the official ``datasets/`` layout (``{task}/llm/{split}_CoT_{i}.json``
+    chunks in index order; output i belongs to example i).
+    """
+
+    kind = "replay"
+
+    def __init__(self, folder: str | Path, task: str, split: str):
+        from ..data import _teacher_from_dir  # the data layer's readers for both layouts (errors name file/line)
+
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"replay folder not found: {root}")
+        self.folder, self.split = root, split
+        self.model = f"{root.resolve().name}/{task}"
+        outputs, where = None, ""
+        for candidate in (root / task, root):
+            if candidate.is_dir():
+                outputs, where = _teacher_from_dir(candidate, split)
+                if outputs is not None:
+                    break
+        if outputs is None:
+            raise ValueError(f"{root}: no teacher outputs for task {task!r} split {split!r} "
+                             f"(looked for {task}/palm_{split}.jsonl[.gz] and {task}/llm/{split}_CoT_*.json)")
+        self.source = where
+        self.outputs = {key: text for key, (_, text) in outputs.items()}
+
+    def __repr__(self) -> str:
+        return f"ReplayTeacher({self.source!r}, {len(self.outputs)} outputs)"
+
+    def key_params(self, params):
+        return {"split": self.split}  # sampling settings do not change a recording
+
+    async def generate(self, prompts, ids, params):
+        replies = []
+        for example_id in ids:
+            text = self.outputs.get(str(example_id))
+            if text is None:
+                replies.append(Reply(error="missing_output", error_detail=f"{self.source}: no output with id {example_id}"))
+            else:
+                replies.append(Reply(outputs=[text], finish_reasons=[None]))
+        return replies
+
+
+def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> Teacher:
+    """``openai:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's constructor."""
+    kind, _, target = spec.partition(":")
+    if not target:
+        raise ValueError(f"teacher {spec!r}: expected openai:MODEL, hf:PATH or replay:DIR")
+    if kind == "openai":
+        return OpenAITeacher(target, **options)
+    if kind == "hf":
+        return HFTeacher(target, **options)
+    if kind == "replay":
+        return ReplayTeacher(target, task, split)
+    raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected openai:MODEL, hf:PATH or replay:DIR")
