@@ -1,0 +1,107 @@
+"""Student models: ``tiny`` (a small T5 plus a SentencePiece tokenizer trained on the task's own text, no hub needed)
+or any hub name / local path of a seq2seq checkpoint.
+
+``tiny`` is written to a folder with ``save_pretrained`` and then loaded back with ``from_pretrained``, so from then on
+it behaves exactly like a downloaded checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+TINY_NAME = "tiny"
+
+# Small enough to train in minutes on 2 CPU cores, big enough to learn short multi-step arithmetic.
+TINY_CONFIG: dict[str, Any] = dict(
+    d_model=128,
+    d_kv=32,
+    d_ff=512,
+    num_layers=3,
+    num_decoder_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=64,
+    dropout_rate=0.0,
+    feed_forward_proj="relu",
+    tie_word_embeddings=True,  # T5 v1.0 style: shared in/out embedding, output scaled by d_model**-0.5
+)
+TINY_VOCAB_SIZE = 800
+
+
+def train_sentencepiece(texts: Iterable[str], out_dir: str | Path, vocab_size: int = TINY_VOCAB_SIZE) -> Path:
+    """Train a T5-style SentencePiece unigram model (pad=0, eos=1, unk=2) on ``texts``; returns the .model path."""
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [line for text in texts for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("cannot train a tokenizer: no text given")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(out_dir / "spiece"),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # small corpora cannot always fill the requested size
+        model_type="unigram",
+        character_coverage=1.0,
+        split_digits=True,  # one token per digit: numbers stay composable for arithmetic
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,  # T5's layout
+        num_threads=1,
+        minloglevel=2,
+    )
+    return out_dir / "spiece.model"
+
+
+def build_tiny_student(texts: Iterable[str], out_dir: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE,
+                       **config_overrides: Any) -> Path:
+    """Train a tokenizer on ``texts``, build a randomly initialised small T5, ``save_pretrained`` both to ``out_dir``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        spm_path = train_sentencepiece(texts, tmp, vocab_size)
+        tokenizer = T5Tokenizer(**T5Tokenizer.convert_to_native_format(vocab_file=str(spm_path), extra_ids=0))
+        tokenizer.save_pretrained(out_dir)
+        shutil.copy(spm_path, out_dir / "spiece.model")  # hub T5 checkpoints ship it too
+    config = T5Config(**{**TINY_CONFIG, **config_overrides}, vocab_size=len(tokenizer),
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.generation_config.decoder_start_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def student_texts(records: list[dict], label_prefix: str, rationale_prefix: str) -> list[str]:
+    """All text a student reads or writes for these records: the tokenizer's training corpus."""
+    texts = [label_prefix + rationale_prefix]
+    for record in records:
+        texts += [record["input"], record["label"]]
+        texts += [text for text in (record.get("rationale"), record.get("teacher_label")) if text]
+        texts += record.get("choices") or []
+    return texts
+
+
+def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, build_dir: str | Path | None = None,
+                 seed: int = 0, tiny_overrides: dict[str, Any] | None = None):
+    """(model, tokenizer) for ``tiny`` (built into ``build_dir`` from ``texts``), a hub name or a local folder."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if str(name_or_path) == TINY_NAME:
+        if texts is None or build_dir is None:
+            raise ValueError("model 'tiny' needs the task's texts and a folder to build the tokenizer and model in")
+        overrides = dict(tiny_overrides or {})
+        vocab_size = overrides.pop("vocab_size", TINY_VOCAB_SIZE)
+        name_or_path = build_tiny_student(texts, build_dir, seed=seed, vocab_size=vocab_size, **overrides)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path))
+    except OSError as exc:
+        raise ValueError(f"cannot load student model {str(name_or_path)!r}: not 'tiny', a local checkpoint folder "
+                         f"or a reachable hub name ({exc})") from exc
+    return model, tokenizer

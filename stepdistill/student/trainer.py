@@ -1,0 +1,564 @@
+"""Multi-task student training on the Hugging Face Trainer: ``[label]`` and ``[rationale]`` tasks, one loss.
+
+    loss = alpha * label_loss + (1 - alpha) * rationale_loss
+
+Each task's loss is the mean over its own target tokens in the whole global batch (all gradient-accumulation
+micro-batches on all processes), so long rationales cannot swamp the label loss and the loss, hence the update, is
+the same whatever the number of devices.
+
+Methods:
+  ``standard``      the label task only: gold labels = standard fine-tuning, teacher labels = standard distillation.
+  ``step-by-step``  label task + rationale task (gold or teacher labels).
+
+Which examples go where (counted in results.json under ``examples``):
+  - label task: every example with a label from the chosen source (gold: all; teacher: those whose teacher output
+    gave a valid label, the rest are dropped and counted as ``dropped_no_teacher_label``);
+  - rationale task: only examples whose teacher output parsed completely (``teacher_error`` is None). Examples
+    without a usable rationale stay in the label task and leave the rationale task (``no_rationale`` by reason).
+
+Selection: label accuracy on valid every ``eval_steps``; the best checkpoint on valid is loaded at the end and test
+is evaluated once on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..tasks import Task, get_task
+
+METHODS = ("standard", "step-by-step")
+LABEL_SOURCES = ("gold", "teacher")
+META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
+
+
+@dataclass
+class TrainConfig:
+    """Student training settings. ``batch_size`` is the GLOBAL batch: per-device batch and gradient accumulation
+    are derived from the number of processes, so results do not depend on it."""
+
+    model: str = "tiny"  # "tiny", a hub name or a local checkpoint folder
+    method: str = "step-by-step"  # "standard" | "step-by-step"
+    label_source: str = "gold"  # "gold" | "teacher"
+    alpha: float = 0.5  # weight of the label loss (step-by-step)
+    label_prefix: str = "[label] "
+    rationale_prefix: str = "[rationale] "
+    max_steps: int = 10_000
+    batch_size: int = 64
+    per_device_batch_size: int | None = None  # micro-batch cap (memory); None = batch_size / processes
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_steps: int = 250
+    save_steps: int | None = None  # None = eval_steps (must be a multiple of eval_steps)
+    eval_batch_size: int = 64
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast (GPU or CPUs with AVX-512 bf16/AMX); training and evaluation
+    fp16: bool = False
+    max_input_length: int = 1024
+    max_target_length: int = 256  # rationale (and label) tokens in training; rationale generation length
+    label_max_new_tokens: int = 32  # generation length of free-form labels (equations, numbers)
+    group_by_length: bool = True  # length-sorted global batches: less padding, same batches on any device count
+    generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
+    report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    keep_checkpoints: bool = False  # False: delete checkpoints/ after the final model is saved
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "last" for the latest in run_dir
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch"
+    deepspeed: str | None = None  # DeepSpeed JSON config (run under `accelerate launch` / `deepspeed`)
+    fsdp: str = ""  # Trainer's fsdp option, e.g. "full_shard auto_wrap"
+    dataloader_num_workers: int = 0
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # T5Config fields (and vocab_size) for "tiny"
+    log_batch_ids: bool = False  # write the example ids of every micro-batch (for checking data order)
+    disable_tqdm: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.label_prefix == self.rationale_prefix:
+            raise ValueError("label_prefix and rationale_prefix must differ")
+        if self.save_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batch_layout(global_batch: int, processes: int, per_device_cap: int | None = None) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation steps) whose product times ``processes`` is ``global_batch``."""
+    if global_batch % processes:
+        raise ValueError(f"batch_size {global_batch} is not divisible by the {processes} processes")
+    per_process = global_batch // processes
+    per_device = min(per_process, per_device_cap or per_process)
+    while per_process % per_device:
+        per_device -= 1
+    return per_device, per_process // per_device
+
+
+# -- examples --------------------------------------------------------------------------------------------------
+
+def usable_rationale(record: dict[str, Any]) -> bool:
+    return record.get("teacher_error") is None and bool((record.get("rationale") or "").strip())
+
+
+def select_examples(records: list[dict[str, Any]], config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Training examples as (record, target label, rationale or None), plus counts of what went where and why."""
+    chosen, dropped, no_rationale = [], Counter(), Counter()
+    for record in records:
+        label = record["label"] if config.label_source == "gold" else record.get("teacher_label")
+        if label is None:
+            dropped[record.get("teacher_error") or "missing"] += 1
+            continue
+        rationale = None
+        if config.method == "step-by-step":
+            if usable_rationale(record):
+                rationale = record["rationale"].strip()
+            else:
+                no_rationale[record.get("teacher_error") or "empty_rationale"] += 1
+        chosen.append({"id": record["id"], "input": record["input"], "target": label, "rationale": rationale})
+    if not chosen:
+        raise ValueError(f"no training example has a {config.label_source} label")
+    counts = {
+        "given": len(records),
+        "label_task": len(chosen),
+        "rationale_task": sum(example["rationale"] is not None for example in chosen),
+        "dropped_no_teacher_label": dict(dropped),
+        "no_rationale": dict(no_rationale),
+    }
+    return chosen, counts
+
+
+def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainConfig):
+    """A `datasets.Dataset` of token ids for both tasks (rationale columns empty when an example has none)."""
+    from datasets import Dataset
+
+    def ids(texts: list[str], limit: int) -> list[list[int]]:
+        return tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if texts else []
+
+    with_rationale = [i for i, example in enumerate(examples) if example["rationale"] is not None]
+    rationale_inputs = ids([config.rationale_prefix + examples[i]["input"] for i in with_rationale],
+                           config.max_input_length)
+    rationale_targets = ids([examples[i]["rationale"] for i in with_rationale], config.max_target_length)
+    rationale_input_ids: list[list[int]] = [[] for _ in examples]
+    rationale_labels: list[list[int]] = [[] for _ in examples]
+    for i, inp, tgt in zip(with_rationale, rationale_inputs, rationale_targets):
+        rationale_input_ids[i], rationale_labels[i] = inp, tgt
+    input_ids = ids([config.label_prefix + example["input"] for example in examples], config.max_input_length)
+    labels = ids([example["target"] for example in examples], config.max_target_length)
+    return Dataset.from_dict({
+        "example_index": list(range(len(examples))),
+        "input_ids": input_ids,
+        "labels": labels,
+        "rationale_input_ids": rationale_input_ids,
+        "rationale_labels": rationale_labels,
+        # work per example, for length grouping: both encoder inputs and both targets
+        "length": [len(a) + len(b) + len(c) + len(d) for a, b, c, d in
+                   zip(input_ids, labels, rationale_input_ids, rationale_labels)],
+    })
+
+
+class MultiTaskCollator:
+    """Pads the label task and, separately, the rationale task of the examples that have one (their targets are
+    much longer than labels, so one shared padded batch would waste decoder work on label rows)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def _pad(self, rows: list[list[int]], value: int):
+        import torch
+
+        out = torch.full((len(rows), max([len(r) for r in rows], default=1) or 1), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        with_rationale = [f for f in features if f["rationale_labels"]]
+        input_ids = self._pad([f["input_ids"] for f in features], self.pad_token_id)
+        rationale_input_ids = self._pad([f["rationale_input_ids"] for f in with_rationale], self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": input_ids.ne(self.pad_token_id).long(),
+            "labels": self._pad([f["labels"] for f in features], -100),
+            "rationale_input_ids": rationale_input_ids,
+            "rationale_attention_mask": rationale_input_ids.ne(self.pad_token_id).long(),
+            "rationale_labels": self._pad([f["rationale_labels"] for f in with_rationale], -100),
+            "example_index": torch.tensor([f["example_index"] for f in features], dtype=torch.long),
+        }
+
+
+class GlobalBatchLengthSampler:
+    """Random order in which each GLOBAL batch holds examples of similar length.
+
+    Hand-written because transformers' LengthGroupedSampler groups per process, so its batches (and results)
+    change with the device count; here the order depends only on (seed, epoch, global batch size)."""
+
+    def __init__(self, lengths: list[int], global_batch: int, seed: int, group_batches: int = 16):
+        self.lengths, self.global_batch, self.seed, self.group_batches = lengths, global_batch, seed, group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        group = self.global_batch * self.group_batches
+        batches = []
+        for start in range(0, len(order), group):
+            sorted_group = sorted(order[start:start + group], key=lambda i: -self.lengths[i])
+            batches += [sorted_group[b:b + self.global_batch] for b in range(0, len(sorted_group), self.global_batch)]
+        # a short final batch stays last so every other global batch is complete
+        full, tail = [b for b in batches if len(b) == self.global_batch], [b for b in batches if len(b) < self.global_batch]
+        rng.shuffle(full)
+        for batch in full + tail:
+            yield from batch
+
+
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class StepByStepTrainer(Trainer):
+        """Trainer with the two-task loss, per-task token normalisation and rank-scored validation accuracy."""
+
+        loss_is_scaled_for_ga = True  # compute_loss divides by the global token counts itself
+
+        def __init__(self, *args, step_config: TrainConfig, task: Task, eval_records: list[dict[str, Any]],
+                     batch_log: Path | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.step_config = step_config
+            self.task = task
+            self.eval_records = eval_records
+            self.batch_log = batch_log
+            self._task_losses: dict[str, list[float]] = {"label_loss": [], "rationale_loss": []}
+            self.eval_seconds = 0.0
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.step_config.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return GlobalBatchLengthSampler(dataset["length"], self.step_config.batch_size, self.args.seed)
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            # target tokens per task over the whole global batch: [label tokens, rationale tokens]
+            counts = torch.stack([torch.stack([b["labels"].ne(-100).sum(), b["rationale_labels"].ne(-100).sum()])
+                                  for b in batch_samples]).sum(0).to(device)
+            if self.args.world_size > 1:
+                counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
+            return counts
+
+        def _task_loss(self, model, input_ids, attention_mask, labels):
+            """Sum of token cross-entropies and the number of target tokens."""
+            unwrapped = self.accelerator.unwrap_model(model)
+            decoder_input_ids = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                           decoder_input_ids=decoder_input_ids).logits
+            total = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1),
+                                                      ignore_index=-100, reduction="sum")
+            return total, labels.ne(-100).sum()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.batch_log is not None and model.training:
+                with self.batch_log.open("a") as f:
+                    f.write(json.dumps({"step": self.state.global_step,
+                                        "example_index": inputs["example_index"].tolist()}) + "\n")
+            label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
+                                                      inputs["labels"])
+            two_tasks = self.step_config.method == "step-by-step"
+            rationale_sum = label_sum.new_zeros(())
+            rationale_tokens = label_tokens.new_zeros(())
+            if two_tasks and inputs["rationale_labels"].ne(-100).any():
+                rationale_sum, rationale_tokens = self._task_loss(
+                    model, inputs["rationale_input_ids"], inputs["rationale_attention_mask"], inputs["rationale_labels"])
+            global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
+                and num_items_in_batch.numel() == 2
+            if global_counts:  # training: normalise by the global batch's token counts
+                n_label, n_rationale = num_items_in_batch.clamp(min=1).to(label_sum.dtype)
+                scale = self.args.world_size  # DDP averages gradients over processes; undo that for a global mean
+            else:  # evaluation loss on one batch
+                n_label, n_rationale = label_tokens.clamp(min=1), rationale_tokens.clamp(min=1)
+                scale = 1
+            label_loss, rationale_loss = label_sum / n_label, rationale_sum / n_rationale
+            if two_tasks:
+                loss = self.step_config.alpha * label_loss + (1 - self.step_config.alpha) * rationale_loss
+            else:
+                loss = label_loss
+            if model.training:  # per-micro-batch task means, for logging
+                self._task_losses["label_loss"].append((label_sum / label_tokens.clamp(min=1)).item())
+                if rationale_tokens > 0:
+                    self._task_losses["rationale_loss"].append((rationale_sum / rationale_tokens).item())
+            loss = loss * scale
+            return (loss, {"label_loss": label_loss, "rationale_loss": rationale_loss}) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs:
+                for name, values in self._task_losses.items():
+                    if values:
+                        logs[name] = round(sum(values) / len(values), 6)
+                    values.clear()
+            super().log(logs, start_time)
+
+        def score(self, records: list[dict[str, Any]], rationales: bool = False) -> tuple[float, list[dict[str, Any]]]:
+            """Label accuracy and predictions on ``records`` (sharded over processes, gathered in order)."""
+            from accelerate.utils import gather_object
+
+            from .evaluate import evaluate_records
+
+            rank, processes = self.args.process_index, self.args.world_size
+            shard = records[rank::processes]
+            model = self.accelerator.unwrap_model(self.model)
+            _, predictions = evaluate_records(
+                model, self.processing_class, self.task, shard, label_prefix=self.step_config.label_prefix,
+                rationale_prefix=self.step_config.rationale_prefix, batch_size=self.step_config.eval_batch_size,
+                max_input_length=self.step_config.max_input_length,
+                max_target_length=self.step_config.max_target_length,
+                label_max_new_tokens=self.step_config.label_max_new_tokens, rationales=rationales,
+                bf16=self.step_config.bf16) if shard else (0.0, [])
+            if processes > 1:
+                gathered = gather_object([(rank + processes * i, row) for i, row in enumerate(predictions)])
+                predictions = [row for _, row in sorted(gathered, key=lambda item: item[0])]
+            return sum(row["correct"] for row in predictions) / len(predictions), predictions
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            start = time.perf_counter()
+            accuracy, _ = self.score(self.eval_records)
+            seconds = time.perf_counter() - start
+            self.eval_seconds += seconds
+            metrics = {f"{metric_key_prefix}_accuracy": accuracy, f"{metric_key_prefix}_runtime": round(seconds, 3)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return StepByStepTrainer
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    import torch
+
+    peak = {"cpu_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["gpu_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)  # never leave a half-written file
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    import jsonlines
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with jsonlines.open(tmp, "w") as writer:
+        writer.write_all(rows)
+    tmp.replace(path)
+
+
+def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_records: list[dict[str, Any]],
+                 test_records: list[dict[str, Any]], config: TrainConfig, run_dir: str | os.PathLike,
+                 extra: dict[str, Any] | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Train a student, keep the best checkpoint on valid, evaluate test once; write results, config, predictions.
+
+    Files in ``run_dir``: results.json, config.json, predictions_valid.jsonl, predictions_test.jsonl, model/ (the
+    student, loadable with :func:`stepdistill.student.predict.load_trained_student`), train_log.jsonl (Trainer log
+    history) and, while training or with ``keep_checkpoints``, checkpoints/.
+    """
+    import torch
+    from transformers import TrainingArguments, set_seed
+
+    from .models import TINY_NAME, load_student, student_texts
+
+    task = get_task(task)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not valid_records:
+        raise ValueError("the valid split is empty: it is needed to select the checkpoint")
+    examples, counts = select_examples(train_records, config)
+    processes = world_size()
+    per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
+    checkpoint_dir = run_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps or config.eval_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_steps=config.logging_steps,
+        report_to=config.report_to,
+        seed=config.seed,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        activation_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        deepspeed=config.deepspeed,
+        fsdp=config.fsdp,
+        remove_unused_columns=False,  # our collator reads the rationale columns the model signature lacks
+        dataloader_num_workers=config.dataloader_num_workers,
+        disable_tqdm=config.disable_tqdm,
+        average_tokens_across_devices=True,
+    )
+    if args.world_size != processes:
+        raise RuntimeError(f"WORLD_SIZE says {processes} processes but the Trainer sees {args.world_size}")
+
+    set_seed(config.seed)
+    model_source = config.model
+    if config.model == TINY_NAME:
+        init_dir = run_dir / "student-init"
+        with args.main_process_first(desc="build tiny student"):
+            if not (init_dir / "config.json").exists():
+                load_student(TINY_NAME, student_texts(train_records, config.label_prefix, config.rationale_prefix),
+                             init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
+        model_source = str(init_dir)
+    model, tokenizer = load_student(model_source)
+    train_dataset = tokenize_examples(examples, tokenizer, config)
+    batch_log = None
+    if config.log_batch_ids:
+        batch_log = run_dir / f"batch_ids.rank{args.process_index}.jsonl"
+        batch_log.unlink(missing_ok=True)
+
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset.select(range(1)),
+        data_collator=MultiTaskCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=callbacks, step_config=config, task=task, eval_records=valid_records, batch_log=batch_log)
+
+    resume = config.resume_from_checkpoint
+    if resume == "last":
+        resume = True
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    resumed_from = _resumed_step(resume, checkpoint_dir)
+    start = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+
+    # the best checkpoint on valid is loaded now (load_best_model_at_end); test is scored once, here
+    valid_accuracy, valid_predictions = trainer.score(valid_records)
+    test_accuracy, test_predictions = (trainer.score(test_records, rationales=config.generate_rationales)
+                                       if test_records else (None, []))
+    wall_seconds = time.perf_counter() - start
+    trained_steps = trainer.state.global_step
+    results = {
+        "task": task.name,
+        "method": config.method,
+        "label_source": config.label_source,
+        "model": config.model,
+        "alpha": config.alpha if config.method == "step-by-step" else 1.0,
+        "seed": config.seed,
+        "fraction": None,
+        "data_seed": None,
+        "count": len(train_records),
+        "examples": counts,
+        "steps": trained_steps,
+        "batch_size": config.batch_size,
+        "processes": processes,
+        "per_device_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "best_step": _best_step(trainer.state.best_model_checkpoint),
+        "best_valid_accuracy_during_training": trainer.state.best_metric,
+        "valid_accuracy": valid_accuracy,
+        "valid_count": len(valid_records),
+        "test_accuracy": test_accuracy,
+        "test_count": len(test_records),
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds_during_training": round(trainer.eval_seconds, 2),
+        "wall_seconds": round(wall_seconds, 2),
+        "train_examples_per_second": round(
+            (trained_steps - resumed_from) * config.batch_size / train_seconds, 2),
+        "train_loss": train_output.training_loss,
+        **_peak_memory_mb(),
+        "bf16": config.bf16,
+        "device": str(args.device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    results.update(extra or {})
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(run_dir / "model"))
+        tokenizer.save_pretrained(str(run_dir / "model"))
+        _write_json(run_dir / "model" / META_FILE, {
+            "task": task.name, "label_prefix": config.label_prefix, "rationale_prefix": config.rationale_prefix,
+            "max_input_length": config.max_input_length, "max_target_length": config.max_target_length,
+            "label_max_new_tokens": config.label_max_new_tokens,
+            "method": config.method})
+        _write_jsonl(run_dir / "predictions_valid.jsonl", valid_predictions)
+        if test_records:
+            _write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
+        _write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
+        _write_json(run_dir / "config.json", {**asdict(config), "world_size": processes,
+                                              "per_device_batch_size": per_device,
+                                              "gradient_accumulation_steps": accumulation})
+        _write_json(run_dir / "results.json", results)
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def _best_step(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    tail = Path(checkpoint).name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _resumed_step(resume: str | bool | None, checkpoint_dir: Path) -> int:
+    """The step a resumed run started from (0 for a fresh run), so examples/s counts only work done here."""
+    if not resume:
+        return 0
+    if resume is True:
+        steps = [_best_step(str(p)) for p in checkpoint_dir.glob("checkpoint-*")]
+        return max([s for s in steps if s is not None], default=0)
+    return _best_step(str(resume)) or 0
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The Trainer log history of a finished run (losses per logging step, eval accuracies)."""
+    import jsonlines
+
+    with jsonlines.open(Path(run_dir) / "train_log.jsonl") as reader:
+        return list(reader)
+
+
+def steps_for_epochs(examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps for ``epochs`` passes over ``examples`` at a global ``batch_size``."""
+    return max(1, math.ceil(examples * epochs / batch_size))

@@ -1,0 +1,20 @@
+"""A trained toy student shared by the student tests (tiny: seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+
+from student_toy import toy_records, toy_task
+
+
+@pytest.fixture(scope="session")
+def trained_toy(tmp_path_factory):
+    """A tiny step-by-step student trained until it knows the 16 toy colours (run folder, results)."""
+    from stepdistill.student.trainer import TrainConfig, run_training
+
+    records = toy_records()
+    run_dir = tmp_path_factory.mktemp("toy-run")
+    config = TrainConfig(model="tiny", method="step-by-step", max_steps=40, batch_size=8, learning_rate=3e-3,
+                         eval_steps=20, logging_steps=5, max_target_length=16)
+    results = run_training(toy_task(), records, records, records, config, run_dir)
+    return run_dir, results

@@ -1,0 +1,70 @@
+"""The step-by-step loss: alpha * label token mean + (1 - alpha) * rationale token mean over the global batch."""
+
+import torch
+
+from stepdistill.student.trainer import TrainConfig, read_log, run_training
+
+from student_toy import toy_records, toy_task
+
+
+def _padded(tokenizer, texts, pad):
+    ids = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = ids.input_ids.masked_fill(ids.attention_mask == 0, pad)
+    return ids, labels
+
+
+def test_first_step_loss_is_weighted_sum_of_task_means_and_training_lowers_both(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    records = toy_records(without_rationale=(1, 9, 12))
+    alpha = 0.3
+    # global batch = all 16 examples in 4 micro-batches of 4: the per-task means must span all micro-batches
+    config = TrainConfig(model="tiny", method="step-by-step", alpha=alpha, max_steps=12, batch_size=16,
+                         per_device_batch_size=4, learning_rate=3e-3, eval_steps=12, logging_steps=1,
+                         max_target_length=16)
+    results = run_training(toy_task(), records, records[:4], [], config, tmp_path)
+    assert results["gradient_accumulation_steps"] == 4
+    assert results["examples"] == {"given": 16, "label_task": 16, "rationale_task": 13,
+                                   "dropped_no_teacher_label": {}, "no_rationale": {"no_answer": 3}}
+
+    # independent computation with the untouched initial weights and the model's own mean cross-entropy
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "student-init")
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "student-init").eval()
+
+    def mean_loss(inputs, targets):
+        enc = tokenizer(inputs, padding=True, return_tensors="pt")
+        tgt = tokenizer(targets, padding=True, return_tensors="pt")
+        labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+        with torch.no_grad():
+            return model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss.item()
+
+    label_loss = mean_loss(["[label] " + r["input"] for r in records], [r["label"] for r in records])
+    with_rationale = [r for r in records if r["rationale"]]
+    rationale_loss = mean_loss(["[rationale] " + r["input"] for r in with_rationale],
+                               [r["rationale"] for r in with_rationale])
+    # the rationale mean is over many more tokens than the label mean; a pooled mean would weigh it far more
+    pooled_tokens = 16 * 2 + sum(len(tokenizer(r["rationale"]).input_ids) for r in with_rationale)
+    assert pooled_tokens > 3 * 16 * 2
+
+    log = [row for row in read_log(tmp_path) if "loss" in row]
+    assert log[0]["step"] == 1
+    expected = alpha * label_loss + (1 - alpha) * rationale_loss
+    assert abs(log[0]["loss"] - expected) < 1e-4 * expected, (log[0]["loss"], expected)
+
+    # both task losses fall during training
+    assert log[-1]["step"] == 12
+    assert log[-1]["label_loss"] < 0.5 * log[0]["label_loss"]
+    assert log[-1]["rationale_loss"] < 0.5 * log[0]["rationale_loss"]
+
+
+def test_standard_method_trains_the_label_task_only(tmp_path):
+    records = toy_records(without_rationale=(0,))
+    config = TrainConfig(model="tiny", method="standard", label_source="teacher", max_steps=2, batch_size=8,
+                         learning_rate=3e-3, eval_steps=2, logging_steps=1)
+    results = run_training(toy_task(), records, records[:2], [], config, tmp_path)
+    # teacher labels: the example whose teacher output did not parse has no label and is dropped (counted)
+    assert results["examples"]["label_task"] == 15
+    assert results["examples"]["dropped_no_teacher_label"] == {"no_answer": 1}
+    assert results["examples"]["rationale_task"] == 0
+    log = [row for row in read_log(tmp_path) if "loss" in row]
+    assert all("rationale_loss" not in row and abs(row["loss"] - row["label_loss"]) < 1e-5 for row in log)
