@@ -438,9 +438,12 @@ class RationaleGenerator:
         writer_task = asyncio.create_task(write_records())
         try:
             if todo:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(workers):
-                        group.create_task(work())
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for _ in range(workers):
+                            group.create_task(work())
+                except BaseExceptionGroup as errors:  # e.g. TeacherFatalError: report the cause, not the group
+                    raise errors.exceptions[0] from None
         finally:
             await queue.put(None)
             await writer_task

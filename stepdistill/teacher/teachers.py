@@ -140,10 +140,10 @@ def parse_retry_after(headers: Any) -> float | None:
         try:
             seconds = float(value) / divisor
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if name == "retry-after" else None
-            if parsed is None:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
                 continue
-            seconds = parsed.timestamp() - time.time()
         if math.isfinite(seconds):
             return max(0.0, seconds)
     return None
@@ -349,6 +349,7 @@ class HFTeacher(Teacher):
         self.batch_size = batch_size
         self.dtype = dtype
         self._model = self._tokenizer = None
+        self._stop_strings_work = True
 
     def __repr__(self) -> str:
         return f"HFTeacher(path={self.path!r}, device={self.device_name!r}, batch_size={self.batch_size})"
@@ -383,10 +384,20 @@ class HFTeacher(Teacher):
             options.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-        if params.stop:
+        if params.stop and self._stop_strings_work:
             options.update(stop_strings=list(params.stop), tokenizer=tokenizer)
         with torch.inference_mode():
-            generated = model.generate(**encoded, **options)
+            try:
+                generated = model.generate(**encoded, **options)
+            except ValueError as exc:
+                if "stop_strings" not in options:
+                    raise
+                # transformers cannot map stop strings onto some vocabularies (e.g. whole-word ones): generate to
+                # the token limit and cut afterwards, which gives the same text, only slower
+                log.warning("stop strings unsupported by this tokenizer (%s); cutting after generation", exc)
+                self._stop_strings_work = False
+                del options["stop_strings"], options["tokenizer"]
+                generated = model.generate(**encoded, **options)
         new_tokens = generated[:, encoded["input_ids"].shape[1]:]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         replies = []

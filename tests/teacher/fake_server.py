@@ -44,6 +44,7 @@ class Script:
     seed: int = 0
     retry_after: str = "0.05"  # Retry-After header value sent with 429
     hang_seconds: float = 3.0  # how long a "timeout" fault stalls before answering
+    status: int | None = None  # answer every request with this HTTP error status (e.g. 400, 401)
 
 
 class FakeOpenAIServer:
@@ -55,6 +56,9 @@ class FakeOpenAIServer:
         self.faults: Counter = Counter()
         self.auth_headers: set[str] = set()
         self.bodies: list[dict] = []
+        self.times: dict[str, list[float]] = {}  # marker -> arrival times (monotonic)
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -82,7 +86,8 @@ class FakeOpenAIServer:
     def stats(self) -> dict:
         with self.lock:
             return {"requests": self.requests, "faults": dict(self.faults), "examples": len(self.per_marker),
-                    "max_requests_per_example": max(self.per_marker.values(), default=0)}
+                    "max_requests_per_example": max(self.per_marker.values(), default=0),
+                    "max_in_flight": self.max_in_flight}
 
     # -- decisions --------------------------------------------------------------------------------------------
     def _fault_for(self, marker: str, attempt: int) -> str | None:
@@ -129,6 +134,16 @@ class FakeOpenAIServer:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
             def do_POST(self):
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _answer(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 chat = self.path.endswith("/chat/completions")
                 if not chat and not self.path.endswith("/completions"):
@@ -143,11 +158,15 @@ class FakeOpenAIServer:
                     server.requests += 1
                     server.auth_headers.add(self.headers.get("Authorization", ""))
                     server.bodies.append(body)
+                    server.times.setdefault(marker, []).append(time.monotonic())
                     fault = server._fault_for(marker, attempt)
                     if fault:
                         server.faults[fault] += 1
                 if server.script.latency:
                     time.sleep(server.script.latency)
+                if server.script.status:
+                    self._send(server.script.status, b'{"error": {"message": "refused by script"}}')
+                    return
                 if fault == "429":
                     self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
                                {"Retry-After": server.script.retry_after})
