@@ -13,11 +13,16 @@ def _commands() -> dict:
     from .data import data_command
     from .experiments import curve_command
     from .teacher.command import generate_command
+    from .student.command import train as train_command, predict as predict_command
+    from .demo import demo as demo_command
 
     return {
         "data": data_command,
         "curve": curve_command,
         "generate": generate_command,
+        "train": train_command,
+        "predict": predict_command,
+        "demo": demo_command,
     }
 
 
