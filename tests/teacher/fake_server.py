@@ -47,6 +47,17 @@ class Script:
     status: int | None = None  # answer every request with this HTTP error status (e.g. 400, 401)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default backlog of 5 resets bursts of connections
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # clients killed mid-request: expected
+            super().handle_error(request, client_address)
+
+
 class FakeOpenAIServer:
     def __init__(self, script: Script | None = None, host: str = "127.0.0.1", port: int = 0):
         self.script = script or Script()
@@ -59,8 +70,7 @@ class FakeOpenAIServer:
         self.times: dict[str, list[float]] = {}  # marker -> arrival times (monotonic)
         self.in_flight = 0
         self.max_in_flight = 0
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), self._handler_class())
         self.thread: threading.Thread | None = None
 
     @property
@@ -114,6 +124,7 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, like a real API
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *args):  # quiet
                 pass

@@ -1,6 +1,7 @@
 """The API teacher against a real loopback HTTP server, driven by the real openai client."""
 
 import asyncio
+import importlib.util
 import logging
 
 import pytest
@@ -23,12 +24,18 @@ def _run(server, tmp_path, examples, concurrency=4, **options):
     return generator.run(examples)
 
 
-def test_every_fault_is_retried_and_counted(serve, tmp_path, caplog):
+HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
+
+
+@pytest.mark.parametrize("http_backend", [
+    pytest.param("aiohttp", marks=pytest.mark.skipif(not HAVE_AIOHTTP, reason="aiohttp not installed (openai[aiohttp])")),
+    "httpx"])
+def test_every_fault_is_retried_and_counted(serve, tmp_path, caplog, http_backend):
     faults = {"0": ["429"], "1": ["500", "500"], "2": ["timeout"], "3": ["malformed"], "4": ["drop"],
               "5": ["truncate"], "6": ["429", "drop", "500"]}
     server = serve(faults=faults, hang_seconds=1.5)
     caplog.set_level(logging.DEBUG)
-    result = _run(server, tmp_path, nli_examples(8))
+    result = _run(server, tmp_path, nli_examples(8), http_backend=http_backend)
     by_id = {r["id"]: r for r in result.records}
     assert [by_id[str(i)]["attempt_errors"] for i in range(8)] == [
         ["http_429"], ["http_500", "http_500"], ["timeout"], ["malformed_response"], ["connection"], [], 
@@ -118,7 +125,14 @@ def test_key_from_environment_and_missing_key(serve, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key")
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     teacher = OpenAITeacher("m")
-    replies = asyncio.run(teacher.generate(["hi [ex:7]"], ["7"], GenerationParams()))
+
+    async def ask():
+        try:
+            return await teacher.generate(["hi [ex:7]"], ["7"], GenerationParams())
+        finally:
+            await teacher.aclose()
+
+    replies = asyncio.run(ask())
     assert replies[0].outputs == ["The hypothesis restates part of example 7.\nAnswer: entailment"]
     assert server.auth_headers == {"Bearer sk-env-key"}
     monkeypatch.delenv("OPENAI_API_KEY")
