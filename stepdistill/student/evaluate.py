@@ -11,6 +11,7 @@ import contextlib
 from typing import Any
 
 from ..tasks import Task
+from .models import encode_targets  # candidates scored as the very targets the student was trained on
 
 
 def _autocast(device, bf16: bool):
@@ -34,9 +35,8 @@ def rank_scores(model, tokenizer, inputs: list[str], choices: list[list[str]], b
     if len(inputs) != len(choices):
         raise ValueError(f"{len(inputs)} inputs but {len(choices)} candidate lists")
     device = model.device
-    target_ids: dict[str, list[int]] = {}
-    for candidate in {c for cs in choices for c in cs}:
-        target_ids[candidate] = tokenizer(candidate, add_special_tokens=True)["input_ids"]
+    candidates = sorted({c for cs in choices for c in cs})
+    target_ids: dict[str, list[int]] = dict(zip(candidates, encode_targets(tokenizer, candidates)))
     scores: list[list[float]] = [[] for _ in inputs]
     order = _length_order(inputs)
     was_training = model.training

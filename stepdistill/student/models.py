@@ -1,5 +1,6 @@
-"""Student models: ``tiny`` (a small T5 plus a SentencePiece tokenizer trained on the task's own text, no hub needed)
-or any hub name / local path of a seq2seq checkpoint.
+"""Student models: ``tiny`` (a small T5 plus a SentencePiece tokenizer trained on the task's own text, no hub needed),
+a warm-started encoder-decoder (``minilm2minilm`` or ``encoder+decoder``, see :mod:`.warmstart`) or any hub name /
+local path of a seq2seq checkpoint.
 
 ``tiny`` is written to a folder with ``save_pretrained`` and then loaded back with ``from_pretrained``, so from then on
 it behaves exactly like a downloaded checkpoint.
@@ -89,8 +90,11 @@ def student_texts(records: list[dict], label_prefix: str, rationale_prefix: str)
 
 def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, build_dir: str | Path | None = None,
                  seed: int = 0, tiny_overrides: dict[str, Any] | None = None):
-    """(model, tokenizer) for ``tiny`` (built into ``build_dir`` from ``texts``), a hub name or a local folder."""
+    """(model, tokenizer) for ``tiny`` (built into ``build_dir`` from ``texts``), a warm-started encoder-decoder
+    (``minilm2minilm``, ``encoder+decoder``), a hub name or a local folder."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from .warmstart import is_warm_start, warm_start
 
     if str(name_or_path) == TINY_NAME:
         if texts is None or build_dir is None:
@@ -98,6 +102,8 @@ def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, b
         overrides = dict(tiny_overrides or {})
         vocab_size = overrides.pop("vocab_size", TINY_VOCAB_SIZE)
         name_or_path = build_tiny_student(texts, build_dir, seed=seed, vocab_size=vocab_size, **overrides)
+    if is_warm_start(name_or_path):
+        return warm_start(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path))
@@ -105,3 +111,23 @@ def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, b
         raise ValueError(f"cannot load student model {str(name_or_path)!r}: not 'tiny', a local checkpoint folder "
                          f"or a reachable hub name ({exc})") from exc
     return model, tokenizer
+
+
+def target_end_id(tokenizer) -> int:
+    """The token that ends every decoder target: ``eos`` (T5 ``</s>``; ``[SEP]`` on warm-started BERT tokenizers)."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos or [SEP] token to end targets with")
+    return end
+
+
+def encode_targets(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Decoder targets (labels) for training and rank scoring alike: the text's tokens WITHOUT the tokenizer's own
+    special tokens (no ``[CLS]``), cut to ``max_length - 1`` (None: not cut), then the end token. The decoder input
+    is these labels shifted right behind ``decoder_start_token_id`` (``prepare_decoder_input_ids_from_labels``)."""
+    if not texts:
+        return []
+    end = target_end_id(tokenizer)
+    cut = {} if max_length is None else {"truncation": True, "max_length": max(1, max_length - 1)}
+    ids = tokenizer(list(texts), add_special_tokens=False, **cut)["input_ids"]
+    return [row + [end] for row in ids]

@@ -24,7 +24,8 @@ def load_trained_student(path: str | Path, task: str | Task | None = None) -> Tr
     from .models import load_student
 
     path = Path(path)
-    if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+    # a run folder holds a config.json of its own (the training config): look for the saved student's meta file
+    if not (path / META_FILE).exists() and (path / "model" / "config.json").exists():
         path = path / "model"
     meta_path = path / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -150,19 +150,22 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     """A `datasets.Dataset` of token ids for both tasks (rationale columns empty when an example has none)."""
     from datasets import Dataset
 
+    from .models import encode_targets  # no [CLS] in targets, end token last: the same for T5 and BERT students
+
     def ids(texts: list[str], limit: int) -> list[list[int]]:
         return tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if texts else []
 
     with_rationale = [i for i, example in enumerate(examples) if example["rationale"] is not None]
     rationale_inputs = ids([config.rationale_prefix + examples[i]["input"] for i in with_rationale],
                            config.max_input_length)
-    rationale_targets = ids([examples[i]["rationale"] for i in with_rationale], config.max_target_length)
+    rationale_targets = encode_targets(tokenizer, [examples[i]["rationale"] for i in with_rationale],
+                                       config.max_target_length)
     rationale_input_ids: list[list[int]] = [[] for _ in examples]
     rationale_labels: list[list[int]] = [[] for _ in examples]
     for i, inp, tgt in zip(with_rationale, rationale_inputs, rationale_targets):
         rationale_input_ids[i], rationale_labels[i] = inp, tgt
     input_ids = ids([config.label_prefix + example["input"] for example in examples], config.max_input_length)
-    labels = ids([example["target"] for example in examples], config.max_target_length)
+    labels = encode_targets(tokenizer, [example["target"] for example in examples], config.max_target_length)
     return Dataset.from_dict({
         "example_index": list(range(len(examples))),
         "input_ids": input_ids,
