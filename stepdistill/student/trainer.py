@@ -434,6 +434,8 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
         fp16=config.fp16,
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # CPU-only machines: needed for multi-process CPU (gloo) training and for bf16 autocast on CPU
+        use_cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
         deepspeed=config.deepspeed,
         fsdp=config.fsdp,
         remove_unused_columns=False,  # our collator reads the rationale columns the model signature lacks

@@ -14,7 +14,7 @@ def trained_toy(tmp_path_factory):
 
     records = toy_records()
     run_dir = tmp_path_factory.mktemp("toy-run")
-    config = TrainConfig(model="tiny", method="step-by-step", max_steps=40, batch_size=8, learning_rate=3e-3,
-                         eval_steps=20, logging_steps=5, max_target_length=16)
+    config = TrainConfig(model="tiny", method="step-by-step", max_steps=80, batch_size=8, learning_rate=2e-3,
+                         eval_steps=40, logging_steps=10, max_target_length=16)
     results = run_training(toy_task(), records, records, records, config, run_dir)
     return run_dir, results
