@@ -23,6 +23,9 @@ ITEMS = ("apples", "pencils", "marbles", "stickers", "books", "coins", "shells",
 PRONOUN = {"Anne": "she", "Maria": "she", "Lena": "she", "Yuki": "she", "Sofia": "she", "Priya": "she"}
 
 
+MIN_START, MAX_START, MAX_STEP = 10, 20, 5  # small numbers: a tiny model can learn the arithmetic in minutes
+
+
 def _pronoun(name: str) -> str:
     return PRONOUN.get(name, "he")
 
@@ -32,14 +35,15 @@ def make_problem(rng: random.Random) -> dict[str, Any]:
     owner, first, second = rng.sample(NAMES, 3)
     item = rng.choice(ITEMS)
     he = _pronoun(owner)
+    him = "her" if he == "she" else "him"
     kind = rng.choice(("give", "get", "buy-give", "give-find"))
-    start, b, c = rng.randint(10, 30), rng.randint(1, 9), rng.randint(1, 9)
+    start, b, c = rng.randint(MIN_START, MAX_START), rng.randint(1, MAX_STEP), rng.randint(1, MAX_STEP)
     if kind == "give":
         question = (f"{owner} has {start} {item} and gives {first} {b} and {second} {c}. "
                     f"How many {item} does {he} have left?")
         equation = f"{start} - {b} - {c}"
     elif kind == "get":
-        question = (f"{owner} has {start} {item}. {first} gives {owner} {b} more and {second} gives {he == 'she' and 'her' or 'him'} {c}. "
+        question = (f"{owner} has {start} {item}. {first} gives {owner} {b} more and {second} gives {him} {c}. "
                     f"How many {item} does {owner} have now?")
         equation = f"{start} + {b} + {c}"
     elif kind == "buy-give":
