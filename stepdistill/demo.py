@@ -23,7 +23,7 @@ ITEMS = ("apples", "pencils", "marbles", "stickers", "books", "coins", "shells",
 PRONOUN = {"Anne": "she", "Maria": "she", "Lena": "she", "Yuki": "she", "Sofia": "she", "Priya": "she"}
 
 
-MIN_START, MAX_START, MAX_STEP = 10, 20, 5  # small numbers: a tiny model can learn the arithmetic in minutes
+MIN_START, MAX_START, MAX_STEP = 6, 12, 3  # small numbers: a tiny model can learn the arithmetic in minutes
 
 
 def _pronoun(name: str) -> str:
@@ -141,6 +141,13 @@ def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> d
     return splits
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import jsonlines
+
+    with jsonlines.open(path) as reader:
+        return list(reader)
+
+
 def _plot(histories: dict[str, list[tuple[int, float]]], results: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -163,8 +170,8 @@ def _plot(histories: dict[str, list[tuple[int, float]]], results: dict[str, dict
     plt.close(fig)
 
 
-def demo(output_dir: str = "stepdistill-demo", train_size: int = 1000, valid_size: int = 200, test_size: int = 300,
-         max_steps: int = 600, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 100,
+def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_size: int = 200, test_size: int = 300,
+         max_steps: int = 800, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 200,
          alpha: float = 0.5, seed: int = 0, data_seed: int = 0, bf16: bool = False, threads: int | None = None) -> dict:
     """Train a tiny T5 on synthetic arithmetic word problems, with standard fine-tuning and with distilling
     step-by-step on the same examples, evaluate both, print a table and save a plot. Offline, CPU, a few minutes.
@@ -185,9 +192,12 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 1000, valid_siz
         threads: torch CPU threads (default: torch's choice).
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from .student.trainer import TrainConfig, read_log, run_training
 
+    hf_logging.disable_progress_bar()  # the per-file save/load bars drown the demo's own output
+    hf_logging.set_verbosity_error()
     if threads:
         torch.set_num_threads(threads)
     out = Path(output_dir)
@@ -205,7 +215,8 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 1000, valid_siz
                              batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
                              warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
                              max_input_length=96, max_target_length=32, label_max_new_tokens=6,
-                             eval_batch_size=128, logging_steps=max(1, eval_steps // 2))
+                             eval_batch_size=128, logging_steps=max(1, eval_steps // 2),
+                             generate_rationales=method == "step-by-step")  # shown below, for inspection
         print(f"training {name} ({max_steps} steps, batch {batch_size}) ...", flush=True)
         results[name] = run_training(ArithDemo.name, train, valid, test, config, out / method,
                                      extra={"data_seed": data_seed, "fraction": 1.0})
@@ -219,6 +230,12 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 1000, valid_siz
         lines.append(f"{name:<26}{100 * r['valid_accuracy']:>9.1f}%{100 * r['test_accuracy']:>9.1f}%"
                      f"{r['best_step'] or '-':>10}{r['train_seconds']:>9.1f}{r['train_examples_per_second']:>8.1f}")
     print("\n" + "\n".join(lines))
+    predictions = {name: _read_jsonl(out / method / "predictions_test.jsonl") for name, method in runs.items()}
+    print("\nfirst test problems (gold | standard | step-by-step, with its generated rationale):")
+    for i, record in enumerate(test[:3]):
+        sbs = predictions["distilling step-by-step"][i]
+        print(f"  {record['input']}\n    gold {record['label']} | standard {predictions['standard fine-tuning'][i]['prediction']}"
+              f" | step-by-step {sbs['prediction']} (rationale: {sbs.get('rationale')!r})")
     print(f"\n{len(test)} test problems; accuracy = exact value of the generated answer. "
           f"Plot: {out / 'demo.png'}; runs: {out}/standard, {out}/step-by-step. Total {elapsed:.0f} s.")
     summary = {"results": results, "seconds": round(elapsed, 1), "plot": str(out / "demo.png")}

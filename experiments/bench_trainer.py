@@ -1,0 +1,261 @@
+"""Benchmark: our step-by-step trainer against the paper's reference algorithm, end to end, in one run.
+
+Reference algorithm (re-implemented here from its description, on the same HF Seq2SeqTrainer stack):
+  - per step, two separate forward passes (label inputs, rationale inputs), each loss the model's own batch mean;
+  - a collator that builds a pandas DataFrame per batch to split the two tasks;
+  - every eval interval: a teacher-forced loss forward plus greedy generation of up to 64 tokens for the label
+    input of EVERY example of the eval split, decoded and string-compared with the gold label.
+Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, length-grouped global
+batches, rank-scored validation accuracy with one encoder pass per batch, best checkpoint kept).
+
+Same initial weights (one tiny student built once and loaded by both), same examples, batch size, steps, learning
+rate schedule, eval interval and machine. Each side runs in its own subprocess so peak memory (max RSS) is its own.
+The figure compared is the wall time of `trainer.train()` (training + the evaluations during training); ours also
+saves a checkpoint at every evaluation and reloads the best one at the end, the reference saves nothing.
+
+    python experiments/bench_trainer.py                     # e-SNLI subset from ../shared/data (or the demo data)
+    python experiments/bench_trainer.py --task arith-demo   # synthetic data, no shared data needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PREFIXES = ("[label] ", "[rationale] ")
+
+
+def load_records(args) -> tuple[list[dict], list[dict]]:
+    """(train, valid) records with usable rationales, identical for both workers."""
+    from stepdistill.student.trainer import usable_rationale
+
+    if args.task == "arith-demo":
+        from stepdistill.demo import demo_records
+
+        splits = demo_records(Path(args.work_dir) / "demo-data", {"train": args.train, "valid": args.valid, "test": 1},
+                              seed=0)
+        train, valid = splits["train"], splits["valid"]
+    else:
+        from stepdistill.data import load_task_data, subsample
+
+        data = load_task_data(args.task, data_dir=args.data_dir, splits=("train", "valid"))
+        train = [r for r in data.splits["train"] if usable_rationale(r)]
+        train = subsample(train, count=args.train, seed=0)
+        valid = subsample(data.splits["valid"], count=args.valid, seed=0)
+    # the reference, like the released code, needs a rationale for every training example
+    return [r for r in train if usable_rationale(r)], valid
+
+
+def build_init(args, train) -> str:
+    from stepdistill.student.models import build_tiny_student, student_texts
+
+    init = Path(args.work_dir) / "init"
+    if not (init / "config.json").exists():
+        build_tiny_student(student_texts(train, *PREFIXES), init, seed=0)
+    return str(init)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- reference ---------------------------------------------------------------------------------------------------
+
+def run_reference(args, train, valid, init) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+                              Seq2SeqTrainingArguments)
+
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    model = AutoModelForSeq2SeqLM.from_pretrained(init)
+
+    def encode(records, with_rationale):
+        columns = {
+            "pred_input_ids": tokenizer([PREFIXES[0] + r["input"] for r in records], truncation=True,
+                                        max_length=args.max_input_length)["input_ids"],
+            "pred_labels": tokenizer([r["label"] for r in records], truncation=True,
+                                     max_length=args.max_target_length)["input_ids"],
+        }
+        if with_rationale:
+            columns["expl_input_ids"] = tokenizer([PREFIXES[1] + r["input"] for r in records], truncation=True,
+                                                  max_length=args.max_input_length)["input_ids"]
+            columns["expl_labels"] = tokenizer([r["rationale"] for r in records], truncation=True,
+                                               max_length=args.max_target_length)["input_ids"]
+        return Dataset.from_dict(columns)
+
+    pad = DataCollatorForSeq2Seq(tokenizer, model=model)
+
+    def collate(features):
+        frame = pd.DataFrame(features)  # per-batch pandas, as the released collator does
+        out = {}
+        for task in ("pred", "expl"):
+            if f"{task}_input_ids" in frame:
+                part = frame[[f"{task}_input_ids", f"{task}_labels"]].rename(
+                    columns={f"{task}_input_ids": "input_ids", f"{task}_labels": "labels"})
+                rows = part.to_dict("records")
+                for row in rows:
+                    row["attention_mask"] = [1] * len(row["input_ids"])
+                out[task] = pad(rows)
+        return out
+
+    class ReferenceTrainer(Seq2SeqTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            pred = model(**inputs["pred"])
+            expl = model(**inputs["expl"])
+            loss = args.alpha * pred.loss + (1 - args.alpha) * expl.loss
+            return (loss, {"pred": pred, "expl": expl}) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+            return super().prediction_step(model, inputs["pred"], prediction_loss_only=False, ignore_keys=ignore_keys,
+                                           **gen_kwargs)
+
+    gold = [r["label"] for r in valid]
+
+    def compute_metrics(eval_pred):
+        predictions = np.where(eval_pred.predictions < 0, tokenizer.pad_token_id, eval_pred.predictions)
+        texts = tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        return {"accuracy": float(np.mean([t.strip() == g for t, g in zip(texts, gold)]))}
+
+    training_args = Seq2SeqTrainingArguments(
+        output_dir=str(Path(args.work_dir) / "reference"), max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.lr, lr_scheduler_type="constant", eval_strategy="steps", eval_steps=args.eval_steps,
+        save_strategy="no", logging_steps=args.eval_steps, predict_with_generate=True, generation_max_length=64,
+        remove_unused_columns=False, seed=args.seed, report_to="none", use_cpu=not torch.cuda.is_available(),
+        bf16=args.bf16, disable_tqdm=True, dataloader_pin_memory=False)
+    trainer = ReferenceTrainer(model=model, args=training_args, train_dataset=encode(train, True),
+                               eval_dataset=encode(valid, False), data_collator=collate, processing_class=tokenizer,
+                               compute_metrics=compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    curve = [(row["step"], row["eval_accuracy"]) for row in trainer.state.log_history if "eval_accuracy" in row]
+    return {"train_and_eval_seconds": seconds, "valid_curve": curve,
+            "final_valid_accuracy": curve[-1][1], "best_valid_accuracy": max(a for _, a in curve),
+            "kept_model": same_scorers(trainer.model, tokenizer, valid, args)}
+
+
+# -- ours --------------------------------------------------------------------------------------------------------
+
+def run_ours(args, train, valid, init) -> dict:
+    from stepdistill.student.trainer import TrainConfig, run_training
+
+    config = TrainConfig(model=init, method="step-by-step", alpha=args.alpha, max_steps=args.steps,
+                         batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler_type="constant",
+                         eval_steps=args.eval_steps, eval_batch_size=args.eval_batch_size, seed=args.seed,
+                         bf16=args.bf16, max_input_length=args.max_input_length,
+                         max_target_length=args.max_target_length, label_max_new_tokens=64,
+                         logging_steps=args.eval_steps)
+    from stepdistill.student.models import load_student
+    from stepdistill.student.trainer import read_log
+
+    run_dir = Path(args.work_dir) / f"ours{'-bf16' if args.bf16 else ''}"
+    results = run_training(args.task, train, valid, [], config, run_dir)
+    curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
+    model, tokenizer = load_student(run_dir / "model")
+    return {"train_and_eval_seconds": results["train_seconds"], "valid_curve": curve,
+            "final_valid_accuracy": curve[-1][1], "best_valid_accuracy": max(a for _, a in curve),
+            "wall_seconds_with_final_scoring": results["wall_seconds"],
+            "kept_model": same_scorers(model, tokenizer, valid, args)}
+
+
+def same_scorers(model, tokenizer, valid, args) -> dict:
+    """Valid accuracy of a final model under both scorers (not timed): rank scoring and generate + string compare."""
+    from stepdistill.student.evaluate import generate_texts, rank_scores
+
+    inputs = [PREFIXES[0] + r["input"] for r in valid]
+    texts = generate_texts(model, tokenizer, inputs, args.eval_batch_size, args.max_input_length, 64)
+    generated = sum(t.strip() == r["label"] for t, r in zip(texts, valid)) / len(valid)
+    if all(r.get("choices") for r in valid):
+        scores = rank_scores(model, tokenizer, inputs, [r["choices"] for r in valid], args.eval_batch_size,
+                             args.max_input_length)
+        ranked = sum(r["choices"][max(range(len(s)), key=s.__getitem__)] == r["label"]
+                     for s, r in zip(scores, valid)) / len(valid)
+    else:
+        ranked = None
+    return {"generate_string_match": generated, "rank": ranked}
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.task == "arith-demo":
+        import stepdistill.demo  # noqa: F401  (registers the task)
+    train, valid = load_records(args)
+    init = build_init(args, train)
+    out = (run_reference if args.worker == "reference" else run_ours)(args, train, valid, init)
+    out.update(peak_rss_mb=round(peak_rss_mb(), 1), train_examples=len(train), valid_examples=len(valid),
+               threads=torch.get_num_threads())
+    Path(args.result).write_text(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="esnli")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--work-dir", default="bench-trainer")
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--valid", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--max-input-length", type=int, default=128)
+    parser.add_argument("--max-target-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast")
+    parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    runs = [("reference", False), ("ours", False)] + ([("ours", True)] if args.bf16 else [])
+    results = {}
+    base = [a for a in sys.argv[1:] if a != "--bf16"]
+    for name, bf16 in runs:
+        label = f"{name}{' bf16' if bf16 else ''}"
+        result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}.json"
+        cmd = [sys.executable, __file__, *base, "--worker", name, "--result", str(result)] + (["--bf16"] if bf16 else [])
+        print(f"running {label} ...", flush=True)
+        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{label} failed:\n{done.stderr[-4000:]}")
+        results[label] = json.loads(result.read_text())
+
+    ref = results["reference"]
+    print(f"\ntask {args.task}: {ref['train_examples']} train / {ref['valid_examples']} valid examples, "
+          f"{args.steps} steps, global batch {args.batch_size}, eval every {args.eval_steps} steps, "
+          f"{args.threads} threads, tiny T5 (same initial weights)")
+    header = f"{'trainer':<16}{'train+eval s':>13}{'speed-up':>10}{'valid acc (final)':>19}{'valid acc (best)':>18}{'peak RSS MB':>13}"
+    print(header + "\n" + "-" * len(header))
+    for label, r in results.items():
+        speedup = ref["train_and_eval_seconds"] / r["train_and_eval_seconds"]
+        print(f"{label:<16}{r['train_and_eval_seconds']:>13.1f}{speedup:>9.2f}x{100 * r['final_valid_accuracy']:>18.1f}%"
+              f"{100 * r['best_valid_accuracy']:>17.1f}%{r['peak_rss_mb']:>13.0f}")
+    print("\nthe model each side ends with (ours: best on valid; reference: last), scored both ways on valid: " + "; ".join(
+        f"{label}: generate+match {100 * r['kept_model']['generate_string_match']:.1f}%"
+        + (f", rank {100 * r['kept_model']['rank']:.1f}%" if r['kept_model']['rank'] is not None else "")
+        for label, r in results.items()))
+    print("valid accuracy per eval (step, acc): " + "; ".join(
+        f"{label}: " + ", ".join(f"{s}:{100 * a:.1f}" for s, a in r["valid_curve"]) for label, r in results.items()))
+    (Path(args.work_dir) / "bench_results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
