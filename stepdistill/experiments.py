@@ -77,6 +77,11 @@ class Preset:
     torch_threads: int | None = None  # torch.set_num_threads for the sweep; None: torch's default (all cores)
     keep_models: bool = False  # False: delete each run's model/, checkpoints/ and student-init/ once it has results
     trainer_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+    task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # task name -> fields that differ for it
+
+    def for_task(self, task: Task) -> "Preset":
+        """This preset with ``task``'s overrides applied (a task costs more per step, or needs more steps)."""
+        return replace(self, **self.task_overrides.get(task.name, {}), task_overrides={})
 
     def fractions_for(self, task: Task) -> tuple[float, ...]:
         chosen = self.fractions.get(task.name, self.fractions.get("default"))
@@ -95,8 +100,10 @@ PRESETS: dict[str, Preset] = {
         max_input_length=48, max_target_length=24, valid_size=16, test_size=16,
         torch_threads=1,  # tiny matrices: a second thread costs more in synchronisation than it gives
     ),
-    # Tiny T5, all four methods, 3 seeds, what the shared data allows (see experiments/README.md for the
-    # arithmetic behind the 2-hour budget on 2 cores).
+    # Tiny T5 from scratch, all four methods, 3 seeds, what the shared data allows: 48 runs per task, about
+    # 1.5 hours per task on 2 idle cores (arithmetic from measured step times: experiments/README.md). ANLI inputs are
+    # ~4x longer (mean 184 tokens: max_input_length 128 would cut the hypothesis off 98.6% of them), hence 256 and
+    # a smaller batch there; e-SNLI batches are length-grouped, so the cap costs it nothing.
     "cpu": Preset(
         name="cpu", model="tiny",
         fractions={
@@ -104,8 +111,22 @@ PRESETS: dict[str, Preset] = {
             "anli1": (0.01, 0.025, 0.05, 0.059),  # 169 / 424 / 847 / 1,000 of 16,946 (all that exists locally)
             "default": (0.1, 0.25, 0.5, 1.0),
         },
-        max_steps=300, batch_size=32, learning_rate=1e-3, eval_steps=100,
-        max_input_length=128, max_target_length=64, valid_size=500, test_size=1000,
+        max_steps=120, batch_size=16, learning_rate=1e-3, eval_steps=40,
+        max_input_length=256, max_target_length=64, valid_size=300, test_size=1000,
+        task_overrides={"anli1": {"max_steps": 90, "batch_size": 8, "eval_steps": 30}},
+    ),
+    # all-MiniLM-L6-v2 warm-started as encoder and decoder (extra `pretrained`), all four methods, 3 seeds, under
+    # 2 hours per task on 2 free cores; the arithmetic is in CPU_PRETRAINED_BUDGET below.
+    "cpu-pretrained": Preset(
+        name="cpu-pretrained", model="minilm2minilm",
+        fractions={
+            "esnli": (0.001, 0.004),  # 549 / 2,197 of 549,367: 5.7 / 1.4 epochs in 196 steps of 16
+            "anli1": (0.025, 0.059),  # 424 / 1,000 of 16,946 (all that exists locally): 3.2 / 1.3 epochs in 84 steps
+        },
+        max_steps=196, batch_size=16, learning_rate=1e-4, eval_steps=28,
+        max_input_length=192, max_target_length=48, valid_size=200, test_size=1000,
+        torch_threads=2,
+        task_overrides={"anli1": {"max_steps": 84, "eval_steps": 14}},  # 2.3x the cost per step of e-SNLI
     ),
     # The paper's setup, for a GPU: T5-v1.1-base, 10,000 steps, batch 64, lr 5e-5, full valid/test.
     "paper": Preset(
@@ -115,6 +136,38 @@ PRESETS: dict[str, Preset] = {
         max_input_length=1024, max_target_length=256, bf16=True,
     ),
 }
+
+CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does. Measured on the 2-core dev machine while other jobs
+shared it, so with ONE torch thread and process CPU seconds (= seconds on one free core), batches not length-grouped
+(pessimistic); 2 threads on 2 free cores assumed 1.5x faster (not measured: no free machine):
+
+  per optimizer step, batch 16      e-SNLI       ANLI-R1
+    standard (label task)           1.00 s       1.73 s
+    step-by-step (+ rationale)      2.00 s       3.79 s     (a second encoder pass + ~20-40 decoder tokens)
+  rank scoring, per example         19 ms        45 ms      (3 labels, batch 64)
+  -> on 2 cores (/1.5): std 0.67 / 1.15 s, step-by-step 1.33 / 2.53 s, eval 12.9 / 29.8 ms
+  (batch 32 costs 1.6 / 3.45 s and 3.18 / 8.64 s: batch 16 gives more updates for the same time)
+
+A run = S steps, E evaluations on 200 valid examples, a final valid re-score, 1,000 test examples, and about 10 s of
+model building/saving plus 3 s per checkpoint. The four methods at one (fraction, seed):
+  e-SNLI , S=196, E=7: 2 x 196 x (0.67 + 1.33) + 4 x (7 x 200 + 200 + 1000) x 0.0129 + 4 x (10 + 7 x 3)
+                       = 784 + 134 + 124 = 1,042 s;  x 3 seeds x 2 fractions = 6,250 s = 104 min
+  ANLI-R1, S=84,  E=6: 2 x 84 x (1.15 + 2.53) + 4 x (6 x 200 + 200 + 1000) x 0.0298 + 4 x (10 + 6 x 3)
+                       = 618 + 286 + 112 = 1,016 s;  x 3 seeds x 2 fractions = 6,100 s = 102 min
+Run the two tasks one after the other, each alone on its 2 cores: with other jobs on the cores, 2-thread runs spend
+most of their CPU time waiting (measured: about 10x the CPU seconds per step).
+
+Why these steps: the warm-started cross-attention must be learned before the labels move. e-SNLI standard fine-tuning
+(1e-4, batch 16, 2,197 examples, 150 valid) read 33 / 45 / 49 / 50% valid accuracy at steps 28 / 56 / 84 / 112, and
+stayed at chance (31%) through 84 steps at 3e-4; so e-SNLI gets the most steps that fit with 2 fractions, and ANLI-R1
+(2.3x the cost per step) what is left, which may leave it near chance: the report's convergence lines say so.
+Steps, not wall time, are equal across methods (as in the paper): step-by-step costs about 2x per step and gets no
+extra label updates. 196 x 16 = 3,136 (e-SNLI) and 84 x 16 = 1,344 (ANLI-R1) training examples are read per run, so
+the largest fractions are read at least once: a bigger fraction would only measure the step budget.
+Lengths (WordPiece tokens, 2,000 training examples): inputs e-SNLI p99 59 / max 77, ANLI-R1 p99 146 / max 186, so 192
+truncates nothing (batches are length-grouped: the cap costs nothing); rationales e-SNLI p99 33, ANLI-R1 p95 42 /
+p99 61, so 48 cuts a few ANLI rationales short.
+"""
 
 
 def get_preset(name: str) -> Preset:
@@ -209,11 +262,12 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
 
     if train_fn is None:
         from .student.trainer import run_training as train_fn
+    task = get_task(task)
+    preset = preset.for_task(task)
     if preset.torch_threads:
         import torch
 
         torch.set_num_threads(preset.torch_threads)
-    task = get_task(task)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, valid, test = eval_splits(splits, preset)
@@ -371,6 +425,38 @@ def teacher_accuracy(task: Task, records: list[dict]) -> float:
     return right / len(records)
 
 
+def convergence(results: list[dict], late_share: float = 1 / 3) -> dict[str, dict]:
+    """Per method: had valid accuracy stopped improving when training stopped?
+
+    A run is *still improving* when its best valid accuracy in the last ``late_share`` of its steps beats its best
+    before then by more than two binomial standard errors of the valid set (noise alone rarely does that). Runs
+    without an evaluation on both sides of that point are counted as ``unknown``. ``best_at_last_eval`` counts runs
+    whose best evaluation was their last one (the checkpoint kept is the final one)."""
+    found: dict[str, dict] = {}
+    for result in results:
+        entry = found.setdefault(method_name(result), {"runs": 0, "still_improving": 0, "best_at_last_eval": 0,
+                                                        "unknown": 0, "late_gains": []})
+        entry["runs"] += 1
+        curve = result.get("valid_curve") or []
+        cut = curve[-1][0] * (1 - late_share) if curve else 0
+        early = [accuracy for step, accuracy in curve if step <= cut]
+        late = [accuracy for step, accuracy in curve if step > cut]
+        if not early or not late:
+            entry["unknown"] += 1
+            continue
+        best_early = max(early)
+        noise = 2 * math.sqrt(best_early * (1 - best_early) / int(result["valid_count"]))
+        gain = max(late) - best_early
+        entry["late_gains"].append(gain)
+        entry["still_improving"] += gain > noise
+        accuracies = [accuracy for _, accuracy in curve]
+        entry["best_at_last_eval"] += accuracies.index(max(accuracies)) == len(accuracies) - 1
+    for entry in found.values():
+        gains = entry.pop("late_gains")
+        entry["mean_late_gain"] = statistics.fmean(gains) if gains else None
+    return {method: found[method] for method in METHODS if method in found}
+
+
 def matching_fraction(rows: list[dict], reference: str = "standard-finetune") -> dict[str, float | None]:
     """Per step-by-step method: the smallest fraction whose mean test accuracy reaches the mean of ``reference``
     at its largest fraction (None when no fraction does; absent when either method was not run)."""
@@ -477,6 +563,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
                  splits: dict[str, list[dict]] | None = None, sweep_wall_s: float | None = None) -> dict:
     """Aggregate ``out_dir/runs/*/*/*/results.json`` into summary.csv, summary.md, curve_*.png and report.json."""
     task = get_task(task)
+    preset = preset.for_task(task)
     out_dir = Path(out_dir)
     results = load_results(out_dir)
     if not results:
@@ -488,6 +575,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "sum_of_run_wall_s": round(sum(float(r.get("sweep_wall_s", 0.0)) for r in results), 1),
         "sweep_wall_s_this_invocation": sweep_wall_s,
         "matching_fraction": matching_fraction(rows),
+        "convergence": convergence(results),
         "reference_accuracy": None,
     }
     ref = [r for r in rows if r["method"] == "standard-finetune"]
@@ -510,9 +598,26 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
             path = out_dir / f"curve_{name}.png"
             plots[name] = plot_curves(rows, methods, teacher_acc, path, f"{task.name}: {model}, {preset.name} preset")
     info["plots"] = {name: f"curve_{name}.png" for name in plots}
+    from .student.warmstart import exposure_note  # light: no torch import
+
+    info["pretraining_exposure"] = exposure_note(model, task.name)
     (out_dir / "summary.md").write_text(_summary_markdown(task, preset, rows, info))
     _write_json_atomic(out_dir / "report.json", {**info, "rows": rows, "plot_series": plots})
     return {"rows": rows, "info": info, "plots": plots}
+
+
+def _convergence_fact(method: str, entry: dict) -> str:
+    judged = entry["runs"] - entry["unknown"]
+    if not judged:
+        return f"Convergence, {METHOD_TITLES[method]}: unknown (its runs logged too few evaluations)."
+    text = (f"Convergence, {METHOD_TITLES[method]}: valid accuracy still improving over the last third of training "
+            f"in {entry['still_improving']}/{judged} runs (mean gain there {entry['mean_late_gain'] * 100:+.2f} "
+            f"points); best at the last evaluation in {entry['best_at_last_eval']}/{judged}")
+    if entry["unknown"]:
+        text += f"; {entry['unknown']} run(s) with too few evaluations to tell"
+    if entry["still_improving"] * 2 > judged:
+        return text + ". Most runs were cut short: more steps could change the comparison."
+    return text + "."
 
 
 def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) -> str:
@@ -550,6 +655,9 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
         facts.append(f"{METHOD_TITLES[method]} matches {target} "
                      + (f"from {_pct(fraction)} of the training set." if fraction is not None
                         else "at none of the fractions run."))
+    if info.get("pretraining_exposure"):
+        facts.insert(0, f"**Pre-training exposure:** {info['pretraining_exposure']}")
+    facts += [_convergence_fact(method, entry) for method, entry in info.get("convergence", {}).items()]
     facts.append(f"Runs finished: {info['runs_finished']}; sum of run wall times {info['sum_of_run_wall_s']:,.0f} s"
                  + (f"; this invocation {info['sweep_wall_s_this_invocation']:,.0f} s."
                     if info.get("sweep_wall_s_this_invocation") is not None else "."))
@@ -570,7 +678,7 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
 
     Args:
         task: Task name (esnli, anli1, ...), task spec .json or file.py:Class.
-        preset: smoke, cpu, paper, or a preset .json file (fields of stepdistill.experiments.Preset).
+        preset: smoke, cpu, cpu-pretrained, paper, or a preset .json file (fields of stepdistill.experiments.Preset).
         data_dir: Data folder (default: $STEPDISTILL_DATA_DIR, else ../shared/data).
         out_dir: Report folder (default: reports/<task>-<preset>).
         source: Data source: local, official, hub, jsonl or csv (see `stepdistill data`).
@@ -583,7 +691,7 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
     from .data import load_task_data
 
     task_obj = get_task(task)
-    chosen = get_preset(preset)
+    chosen = get_preset(preset).for_task(task_obj)  # the command line's overrides below win
     overrides: dict[str, Any] = {}
     if methods:
         overrides["methods"] = tuple(methods)

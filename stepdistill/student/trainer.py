@@ -501,6 +501,9 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
         "gradient_accumulation_steps": accumulation,
         "best_step": _best_step(trainer.state.best_model_checkpoint),
         "best_valid_accuracy_during_training": trainer.state.best_metric,
+        # [step, accuracy] of every evaluation: did valid accuracy stop improving before training did?
+        "valid_curve": [[row["step"], row["eval_accuracy"]] for row in trainer.state.log_history
+                        if "eval_accuracy" in row],
         "valid_accuracy": valid_accuracy,
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
