@@ -141,6 +141,29 @@ def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> d
     return splits
 
 
+def _train_one(job: tuple, log_to_file: bool = True) -> dict[str, Any]:
+    """One demo run (in a worker process when the demo trains both methods at once)."""
+    import contextlib
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from .student.trainer import run_training
+
+    name, config, train, valid, test, run_dir, data_seed, threads = job
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if log_to_file:
+            log = stack.enter_context(open(Path(run_dir) / "train_output.log", "w"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
+        return run_training(ArithDemo.name, train, valid, test, config, run_dir,
+                            extra={"data_seed": data_seed, "fraction": 1.0})
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     import jsonlines
 
@@ -172,7 +195,8 @@ def _plot(histories: dict[str, list[tuple[int, float]]], results: dict[str, dict
 
 def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_size: int = 200, test_size: int = 300,
          max_steps: int = 800, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 200,
-         alpha: float = 0.5, seed: int = 0, data_seed: int = 0, bf16: bool = False, threads: int | None = None) -> dict:
+         alpha: float = 0.5, seed: int = 0, data_seed: int = 0, bf16: bool = False, threads: int | None = None,
+         parallel: bool = True) -> dict:
     """Train a tiny T5 on synthetic arithmetic word problems, with standard fine-tuning and with distilling
     step-by-step on the same examples, evaluate both, print a table and save a plot. Offline, CPU, a few minutes.
 
@@ -189,17 +213,16 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_siz
         seed: Training seed (model init, data order).
         data_seed: Seed of the problem generator.
         bf16: bf16 autocast (CPUs with AVX-512 bf16 / AMX, or a GPU).
-        threads: torch CPU threads (default: torch's choice).
+        threads: torch CPU threads per run (default 1; with parallel false, raise it to use more cores).
+        parallel: On CPU, train both methods at the same time in two processes (one thread each).
     """
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .student.trainer import TrainConfig, read_log, run_training
+    from .student.trainer import TrainConfig, read_log
 
     hf_logging.disable_progress_bar()  # the per-file save/load bars drown the demo's own output
     hf_logging.set_verbosity_error()
-    if threads:
-        torch.set_num_threads(threads)
     out = Path(output_dir)
     started = time.perf_counter()
     splits = demo_records(out, {"train": train_size, "valid": valid_size, "test": test_size}, data_seed)
@@ -210,16 +233,32 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_siz
     print(f"example: {train[0]['input']!r} -> rationale {train[0]['rationale']!r}, label {train[0]['label']!r}")
     results, histories = {}, {}
     runs = {"standard fine-tuning": "standard", "distilling step-by-step": "step-by-step"}
+    configs = {name: TrainConfig(model="tiny", method=method, label_source="gold", alpha=alpha, max_steps=max_steps,
+                                 batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
+                                 warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
+                                 max_input_length=96, max_target_length=32, label_max_new_tokens=6,
+                                 eval_batch_size=128, logging_steps=max(1, eval_steps // 2),
+                                 generate_rationales=method == "step-by-step")  # shown below, for inspection
+               for name, method in runs.items()}
+    jobs = [(name, configs[name], train, valid, test, str(out / method), data_seed, threads or 1)
+            for name, method in runs.items()]
+    parallel = parallel and not torch.cuda.is_available()
+    if parallel:
+        # one process per method, one thread each: both cores busy without OpenMP threads waiting on each other
+        # (two threads per process slow down many times over as soon as anything else runs on the machine)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        print(f"training both methods at once ({max_steps} steps, batch {batch_size}); "
+              f"logs: {out}/standard/train_output.log, {out}/step-by-step/train_output.log", flush=True)
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for name, result in zip(runs, pool.map(_train_one, jobs)):
+                results[name] = result
+    else:
+        for job in jobs:
+            print(f"training {job[0]} ({max_steps} steps, batch {batch_size}) ...", flush=True)
+            results[job[0]] = _train_one(job, log_to_file=False)
     for name, method in runs.items():
-        config = TrainConfig(model="tiny", method=method, label_source="gold", alpha=alpha, max_steps=max_steps,
-                             batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
-                             warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
-                             max_input_length=96, max_target_length=32, label_max_new_tokens=6,
-                             eval_batch_size=128, logging_steps=max(1, eval_steps // 2),
-                             generate_rationales=method == "step-by-step")  # shown below, for inspection
-        print(f"training {name} ({max_steps} steps, batch {batch_size}) ...", flush=True)
-        results[name] = run_training(ArithDemo.name, train, valid, test, config, out / method,
-                                     extra={"data_seed": data_seed, "fraction": 1.0})
         histories[name] = [(row["step"], row["eval_accuracy"]) for row in read_log(out / method)
                            if "eval_accuracy" in row]
     _plot(histories, results, out / "demo.png")
