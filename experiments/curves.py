@@ -1,0 +1,34 @@
+"""Data-efficiency curves for e-SNLI and ANLI-R1, one preset, one report folder per task.
+
+    python experiments/curves.py --preset cpu                      # both tasks, reports/<task>-cpu/
+    python experiments/curves.py --preset smoke --tasks anli1
+    python experiments/curves.py --preset experiments/paper_local_data.json --data-dir /path/to/data
+
+Each task's sweep resumes where it stopped when the command is run again (finished runs are never redone).
+Equivalent to one `stepdistill curve --task <task> --preset <preset>` per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from stepdistill.experiments import curve_command
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="smoke, cpu, paper or a preset .json file")
+    parser.add_argument("--tasks", nargs="+", default=["esnli", "anli1"], help="tasks to sweep, in order")
+    parser.add_argument("--data-dir", default=None, help="default: $STEPDISTILL_DATA_DIR, else ../shared/data")
+    parser.add_argument("--reports", default="reports", help="parent folder of the report folders")
+    args = parser.parse_args()
+    preset_name = args.preset.rsplit("/", 1)[-1].removesuffix(".json")
+    for task in args.tasks:
+        started = time.perf_counter()
+        curve_command(task, preset=args.preset, data_dir=args.data_dir, out_dir=f"{args.reports}/{task}-{preset_name}")
+        print(f"{task}: {time.perf_counter() - started:,.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()
