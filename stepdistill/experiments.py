@@ -247,6 +247,19 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _lock_sweep(out_dir: Path):
+    """An exclusive lock on the sweep folder: a second sweep there would restart the first one's runs."""
+    import fcntl
+
+    handle = open(out_dir / "sweep.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"{out_dir}: another sweep is running in this folder (sweep.lock is held)") from None
+    return handle
+
+
 def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
     return Path(out_dir) / "runs" / spec.key
 
@@ -270,6 +283,7 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
         torch.set_num_threads(preset.torch_threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_sweep(out_dir)  # noqa: F841 (held until this function returns; the OS drops it if we are killed)
     train, valid, test = eval_splits(splits, preset)
     counts = check_fractions(preset, task, len(train))
     full_train = task.full_split_sizes.get("train")

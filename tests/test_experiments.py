@@ -222,6 +222,28 @@ def test_sweep_crash_leaves_partial_and_resume_reruns_only_unfinished(tmp_path):
     assert [line.split("\t")[1] for line in log if line.startswith("done")] == keys
 
 
+def test_second_sweep_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    from stepdistill.data import load_task_data
+
+    data = load_task_data("esnli", data_dir=make_esnli_folder(tmp_path / "data"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "sweep.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        with pytest.raises(RuntimeError, match="another sweep is running in this folder"):
+            run_sweep("esnli", data.splits, PRESETS["smoke"], out, train_fn=lambda *a, **k: None, echo=lambda _: None)
+    assert not (out / "runs").exists()
+
+
+def test_cpu_preset_task_overrides():
+    esnli, anli = PRESETS["cpu"].for_task(get_task("esnli")), PRESETS["cpu"].for_task(get_task("anli1"))
+    assert (esnli.max_steps, esnli.batch_size, esnli.eval_steps) == (120, 16, 40)
+    assert (anli.max_steps, anli.batch_size, anli.eval_steps) == (90, 8, 30)
+    assert esnli.max_input_length == anli.max_input_length == 256  # ANLI inputs average 184 tokens
+
+
 # -- the real thing: smoke preset through the CLI, SIGKILLed after its first finished run, then resumed ----------
 
 SWEEP_CMD = [sys.executable, "-m", "stepdistill.cli", "curve", "--task", "esnli", "--preset", "smoke"]
