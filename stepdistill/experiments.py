@@ -283,43 +283,43 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
         torch.set_num_threads(preset.torch_threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_sweep(out_dir)  # noqa: F841 (held until this function returns; the OS drops it if we are killed)
-    train, valid, test = eval_splits(splits, preset)
-    counts = check_fractions(preset, task, len(train))
-    full_train = task.full_split_sizes.get("train")
-    plan = plan_runs(preset, task)
-    done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
-    echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}")
-    for index, spec in enumerate(plan, start=1):
-        final = run_dir_for(out_dir, spec)
-        if (final / RESULTS_FILE).exists():
-            continue
-        partial = final.with_name(final.name + ".partial")
-        if partial.exists():  # left by a crashed sweep: start that run again from scratch
-            shutil.rmtree(partial)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        trainer_method, label_source = METHODS[spec.method]
-        records = subsample(train, fraction=spec.fraction, seed=spec.seed, full_size=full_train)
-        assert len(records) == counts[spec.fraction]
-        config = make_train_config(preset, trainer_method, label_source, spec.seed)
-        extra = {"sweep_method": spec.method, "fraction": spec.fraction, "count": len(records),
-                 "data_seed": spec.seed, "preset": preset.name, "run_key": spec.key,
-                 "full_train_size": full_train, "valid_size": len(valid), "test_size": len(test)}
-        echo(f"[{index}/{len(plan)}] {spec.key}: {len(records):,} examples")
-        _log(out_dir, "start", spec.key, os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S"))
-        started = time.perf_counter()
-        train_fn(task, records, valid, test, config, partial, extra=extra)
-        results = json.loads((partial / RESULTS_FILE).read_text())
-        results["sweep_wall_s"] = round(time.perf_counter() - started, 3)
-        results.update(extra)
-        if not preset.keep_models:  # a sweep of base-size models would otherwise fill the disk
-            for name in ("model", "checkpoints", "student-init"):
-                shutil.rmtree(partial / name, ignore_errors=True)
-        _write_json_atomic(partial / RESULTS_FILE, results)
-        os.replace(partial, final)  # atomic: the run counts as finished only from here on
-        _log(out_dir, "done", spec.key, os.getpid(), results["sweep_wall_s"])
-        echo(f"    test accuracy {results.get('test_accuracy')}, valid {results.get('valid_accuracy')}, "
-             f"{results['sweep_wall_s']:.1f} s")
+    with _lock_sweep(out_dir):  # held for the whole sweep; the OS drops it if the process is killed
+        train, valid, test = eval_splits(splits, preset)
+        counts = check_fractions(preset, task, len(train))
+        full_train = task.full_split_sizes.get("train")
+        plan = plan_runs(preset, task)
+        done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
+        echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}")
+        for index, spec in enumerate(plan, start=1):
+            final = run_dir_for(out_dir, spec)
+            if (final / RESULTS_FILE).exists():
+                continue
+            partial = final.with_name(final.name + ".partial")
+            if partial.exists():  # left by a crashed sweep: start that run again from scratch
+                shutil.rmtree(partial)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            trainer_method, label_source = METHODS[spec.method]
+            records = subsample(train, fraction=spec.fraction, seed=spec.seed, full_size=full_train)
+            assert len(records) == counts[spec.fraction]
+            config = make_train_config(preset, trainer_method, label_source, spec.seed)
+            extra = {"sweep_method": spec.method, "fraction": spec.fraction, "count": len(records),
+                     "data_seed": spec.seed, "preset": preset.name, "run_key": spec.key,
+                     "full_train_size": full_train, "valid_size": len(valid), "test_size": len(test)}
+            echo(f"[{index}/{len(plan)}] {spec.key}: {len(records):,} examples")
+            _log(out_dir, "start", spec.key, os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S"))
+            started = time.perf_counter()
+            train_fn(task, records, valid, test, config, partial, extra=extra)
+            results = json.loads((partial / RESULTS_FILE).read_text())
+            results["sweep_wall_s"] = round(time.perf_counter() - started, 3)
+            results.update(extra)
+            if not preset.keep_models:  # a sweep of base-size models would otherwise fill the disk
+                for name in ("model", "checkpoints", "student-init"):
+                    shutil.rmtree(partial / name, ignore_errors=True)
+            _write_json_atomic(partial / RESULTS_FILE, results)
+            os.replace(partial, final)  # atomic: the run counts as finished only from here on
+            _log(out_dir, "done", spec.key, os.getpid(), results["sweep_wall_s"])
+            echo(f"    test accuracy {results.get('test_accuracy')}, valid {results.get('valid_accuracy')}, "
+                 f"{results['sweep_wall_s']:.1f} s")
     return load_results(out_dir)
 
 
