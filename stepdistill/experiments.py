@@ -137,9 +137,9 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does. Measured on the 2-core dev machine while other jobs
-shared it, so with ONE torch thread and process CPU seconds (= seconds on one free core), batches not length-grouped
-(pessimistic); 2 threads on 2 free cores assumed 1.5x faster (not measured: no free machine):
+CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does. Measured on the 2-core dev machine while other
+jobs shared it, so with ONE torch thread and process CPU seconds (= seconds on one free core), batches not
+length-grouped (pessimistic); 2 threads on 2 free cores assumed 1.5x faster (not measured: no free machine):
 
   per optimizer step, batch 16      e-SNLI       ANLI-R1
     standard (label task)           1.00 s       1.73 s

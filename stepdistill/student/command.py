@@ -32,7 +32,8 @@ def train(task: str, output_dir: str, data_dir: str | None = None, source: str =
         count: Or on this many training examples.
         data_seed: Seed of the training subset (separate from the training seed).
         stratify: Keep label proportions in the subset.
-        model: Student: tiny (built offline), a hub name or a local checkpoint folder.
+        model: Student: tiny (built offline), minilm2minilm (extra `pretrained`), encoder_path+decoder_path
+            (warm-started BERT-like pair), a hub name or a local checkpoint folder.
         alpha: Label-loss weight; the rationale loss gets 1 - alpha.
         max_steps: Optimizer steps.
         batch_size: Global batch size (the same on any number of devices).

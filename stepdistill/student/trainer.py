@@ -46,7 +46,7 @@ class TrainConfig:
     """Student training settings. ``batch_size`` is the GLOBAL batch: per-device batch and gradient accumulation
     are derived from the number of processes, so results do not depend on it."""
 
-    model: str = "tiny"  # "tiny", a hub name or a local checkpoint folder
+    model: str = "tiny"  # "tiny", "minilm2minilm", "<encoder>+<decoder>", a hub name or a local checkpoint folder
     method: str = "step-by-step"  # "standard" | "step-by-step"
     label_source: str = "gold"  # "gold" | "teacher"
     alpha: float = 0.5  # weight of the label loss (step-by-step)

