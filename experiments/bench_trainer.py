@@ -5,8 +5,10 @@ Reference algorithm (re-implemented here from its description, on the same HF Se
   - a collator that builds a pandas DataFrame per batch to split the two tasks;
   - every eval interval: a teacher-forced loss forward plus greedy generation of up to 64 tokens for the label
     input of EVERY example of the eval split, decoded and string-compared with the gold label.
-Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, length-grouped global
-batches, rank-scored validation accuracy with one encoder pass per batch, best checkpoint kept).
+Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, rank-scored validation
+accuracy with one encoder pass per batch, best checkpoint kept), run twice: "ours" with the reference's data order
+(random sampler, same seed: the training computation is the same, only evaluation differs) and "ours grouped" with
+length-grouped global batches (less padding, a different data order).
 
 Same initial weights (one tiny student built once and loaded by both), same examples, batch size, steps, learning
 rate schedule, eval interval and machine. Each side runs in its own subprocess so peak memory (max RSS) is its own.
@@ -154,11 +156,11 @@ def run_ours(args, train, valid, init) -> dict:
                          eval_steps=args.eval_steps, eval_batch_size=args.eval_batch_size, seed=args.seed,
                          bf16=args.bf16, max_input_length=args.max_input_length,
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
-                         logging_steps=args.eval_steps)
+                         logging_steps=args.eval_steps, group_by_length=args.group_by_length)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
 
-    run_dir = Path(args.work_dir) / f"ours{'-bf16' if args.bf16 else ''}"
+    run_dir = Path(args.work_dir) / f"ours{'-grouped' if args.group_by_length else ''}{'-bf16' if args.bf16 else ''}"
     results = run_training(args.task, train, valid, [], config, run_dir)
     curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
     model, tokenizer = load_student(run_dir / "model")
@@ -217,6 +219,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast")
+    parser.add_argument("--group-by-length", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,19 +227,21 @@ def main() -> None:
         return worker(args)
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    runs = [("reference", False), ("ours", False)] + ([("ours", True)] if args.bf16 else [])
+    # ours: the reference's data order (random sampler, same seed), then with length-grouped global batches
+    runs = [("reference", []), ("ours", []), ("ours grouped", ["--group-by-length"])]
+    runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
     results = {}
     base = [a for a in sys.argv[1:] if a != "--bf16"]
-    for name, bf16 in runs:
-        label = f"{name}{' bf16' if bf16 else ''}"
+    for label, extra in runs:
         result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}.json"
-        cmd = [sys.executable, __file__, *base, "--worker", name, "--result", str(result)] + (["--bf16"] if bf16 else [])
-        print(f"running {label} ...", flush=True)
+        cmd = [sys.executable, __file__, *base, "--worker", label.split()[0], "--result", str(result), *extra]
+        print(f"running {label} ... (load average {os.getloadavg()[0]:.1f})", flush=True)
         done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
                               capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"{label} failed:\n{done.stderr[-4000:]}")
         results[label] = json.loads(result.read_text())
+        results[label]["load_average_after"] = round(os.getloadavg()[0], 1)
 
     ref = results["reference"]
     print(f"\ntask {args.task}: {ref['train_examples']} train / {ref['valid_examples']} valid examples, "

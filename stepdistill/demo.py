@@ -238,7 +238,8 @@ def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_siz
                                  warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
                                  max_input_length=96, max_target_length=32, label_max_new_tokens=6,
                                  eval_batch_size=128, logging_steps=max(1, eval_steps // 2),
-                                 generate_rationales=method == "step-by-step")  # shown below, for inspection
+                                 generate_rationales=method == "step-by-step",  # shown below, for inspection
+                                 group_by_length=True)  # problems of near-equal length: grouping only trims padding
                for name, method in runs.items()}
     jobs = [(name, configs[name], train, valid, test, str(out / method), data_seed, threads or 1)
             for name, method in runs.items()]

@@ -77,8 +77,14 @@ def train(task: str, output_dir: str, data_dir: str | None = None, source: str =
         keep_checkpoints=keep_checkpoints, deepspeed=deepspeed, fsdp=fsdp)
     results = run_training(data.task, train_records, data.splits["valid"], data.splits.get("test", []), config,
                            output_dir, extra={"fraction": fraction, "data_seed": data_seed})
-    print(json.dumps({k: results[k] for k in ("task", "method", "label_source", "count", "steps", "valid_accuracy",
-                                              "test_accuracy", "wall_seconds")}, indent=2))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # leave the process group cleanly (a rank exiting mid-teardown aborts its peers)
+        dist.barrier()
+        dist.destroy_process_group()
+    if results.get("processes", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: results[k] for k in ("task", "method", "label_source", "count", "steps",
+                                                  "valid_accuracy", "test_accuracy", "wall_seconds")}, indent=2))
     return results
 
 
