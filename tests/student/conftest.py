@@ -15,6 +15,6 @@ def trained_toy(tmp_path_factory):
     records = toy_records()
     run_dir = tmp_path_factory.mktemp("toy-run")
     config = TrainConfig(model="tiny", method="step-by-step", max_steps=80, batch_size=8, learning_rate=2e-3,
-                         eval_steps=40, logging_steps=10, max_target_length=16)
+                         eval_steps=40, logging_steps=10, max_target_length=16, group_by_length=True)
     results = run_training(toy_task(), records, records, records, config, run_dir)
     return run_dir, results
