@@ -194,7 +194,7 @@ def _plot(histories: dict[str, list[tuple[int, float]]], results: dict[str, dict
 
 
 def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_size: int = 200, test_size: int = 300,
-         max_steps: int = 800, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 200,
+         max_steps: int = 600, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 200,
          alpha: float = 0.5, seed: int = 0, data_seed: int = 0, bf16: bool = False, threads: int | None = None,
          parallel: bool = True) -> dict:
     """Train a tiny T5 on synthetic arithmetic word problems, with standard fine-tuning and with distilling
