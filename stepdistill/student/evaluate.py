@@ -22,9 +22,29 @@ def _autocast(device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _length_order(texts: list[str]) -> list[int]:
-    # sort by length so batches carry little padding; results are put back in input order
-    return sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+def _encoded_batches(model, tokenizer, inputs: list[str], batch_size: int, max_input_length: int):
+    """(input indices, tokenized batch on the model's device), batches of similar length (little padding);
+    callers put results back in input order through the indices."""
+    order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), i))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        enc = tokenizer([inputs[i] for i in batch], padding=True, truncation=True,
+                        max_length=max_input_length, return_tensors="pt").to(model.device)
+        yield batch, enc
+
+
+@contextlib.contextmanager
+def _inference(model, bf16: bool):
+    """No gradients, eval mode (restored afterwards), optional bf16 autocast."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(model.device, bf16):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def rank_scores(model, tokenizer, inputs: list[str], choices: list[list[str]], batch_size: int = 64,
@@ -38,14 +58,8 @@ def rank_scores(model, tokenizer, inputs: list[str], choices: list[list[str]], b
     candidates = sorted({c for cs in choices for c in cs})
     target_ids: dict[str, list[int]] = dict(zip(candidates, encode_targets(tokenizer, candidates)))
     scores: list[list[float]] = [[] for _ in inputs]
-    order = _length_order(inputs)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), _autocast(device, bf16):
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            enc = tokenizer([inputs[i] for i in batch], padding=True, truncation=True,
-                            max_length=max_input_length, return_tensors="pt").to(device)
+    with _inference(model, bf16):
+        for batch, enc in _encoded_batches(model, tokenizer, inputs, batch_size, max_input_length):
             hidden = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
             rows = [(b, c) for b, i in enumerate(batch) for c in choices[i]]
             longest = max(len(target_ids[c]) for _, c in rows)
@@ -63,29 +77,18 @@ def rank_scores(model, tokenizer, inputs: list[str], choices: list[list[str]], b
             row_scores = token_scores.sum(-1).tolist()
             for (b, _), score in zip(rows, row_scores):
                 scores[batch[b]].append(score)
-    model.train(was_training)
     return scores
 
 
 def generate_texts(model, tokenizer, inputs: list[str], batch_size: int = 64, max_input_length: int = 512,
                    max_new_tokens: int = 64, bf16: bool = False) -> list[str]:
     """Greedy generation for every input, in input order."""
-    import torch
-
-    device = model.device
     outputs: list[str] = [""] * len(inputs)
-    order = _length_order(inputs)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), _autocast(device, bf16):
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            enc = tokenizer([inputs[i] for i in batch], padding=True, truncation=True,
-                            max_length=max_input_length, return_tensors="pt").to(device)
+    with _inference(model, bf16):
+        for batch, enc in _encoded_batches(model, tokenizer, inputs, batch_size, max_input_length):
             generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True)):
                 outputs[i] = text.strip()
-    model.train(was_training)
     return outputs
 
 
