@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
 from stepdistill.data import DataError, load_task_data, subsample
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_jsonl(path: Path, rows, gz=False):

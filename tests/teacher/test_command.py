@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import API_KEY, cache_lines, nli_examples, write_jsonl
+from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
 
 from stepdistill.cli import main
 

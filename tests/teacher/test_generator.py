@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import API_KEY, cache_lines, nli_examples
+from teacher_helpers import API_KEY, cache_lines, nli_examples
 
 from stepdistill.teacher.generator import (CacheError, RationaleGenerator, attach_rationales, load_rationales,
                                            merge_caches, read_cache, shard_of)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import API_KEY, cache_lines, nli_examples, write_jsonl
+from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
 
 EXAMPLES = 240
 CONCURRENCY = 8

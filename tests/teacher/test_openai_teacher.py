@@ -5,7 +5,7 @@ import importlib.util
 import logging
 
 import pytest
-from conftest import API_KEY, cache_lines, nli_examples
+from teacher_helpers import API_KEY, cache_lines, nli_examples
 
 from stepdistill.teacher.generator import RationaleGenerator
 from stepdistill.teacher.teachers import (GenerationParams, OpenAITeacher, RateLimiter, TeacherFatalError,

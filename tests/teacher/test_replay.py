@@ -4,7 +4,7 @@ import gzip
 import json
 
 import pytest
-from conftest import nli_examples
+from teacher_helpers import nli_examples
 
 from stepdistill.data import load_task_data
 from stepdistill.teacher.generator import RationaleGenerator
