@@ -5,7 +5,7 @@ from stepdistill.tasks import SpecTask, Task, task_names
 
 
 def test_builtin_tasks_are_registered():
-    assert task_names() == ["anli1", "cqa", "esnli", "svamp"]
+    assert {"anli1", "cqa", "esnli", "svamp"} <= set(task_names())  # the demo registers its own task too
 
 
 def test_esnli_parser_follows_the_authors_rule():

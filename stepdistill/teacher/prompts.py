@@ -84,6 +84,15 @@ def parse_template(text: str, source: str = "<string>") -> PromptTemplate:
     return PromptTemplate(body, stop, source, first_line=header + 1)
 
 
+def _built_in_folder():
+    """The installed ``stepdistill.prompts`` package; in a source checkout run in place (``python -m stepdistill.cli``
+    from the repository root) that package does not exist, and the top-level prompts/ folder is used."""
+    try:
+        return resources.files("stepdistill.prompts")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "prompts"
+
+
 def load_template(name_or_path: str | Path) -> PromptTemplate:
     """A template by file path, or by the name of a built-in one (``esnli``, ``anli1``, ``cqa``, ``svamp``)."""
     path = Path(name_or_path)
@@ -91,9 +100,10 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
         if not path.is_file():
             raise ValueError(f"prompt template not found: {path}")
         return parse_template(path.read_text(encoding="utf-8"), str(path))
-    resource = resources.files("stepdistill.prompts") / f"{name_or_path}.txt"
+    folder = _built_in_folder()
+    resource = folder / f"{name_or_path}.txt"
     if not resource.is_file():
-        built_in = sorted(item.name[:-4] for item in resources.files("stepdistill.prompts").iterdir() if item.name.endswith(".txt"))
+        built_in = sorted(item.name[:-4] for item in folder.iterdir() if item.name.endswith(".txt"))
         raise ValueError(f"no built-in prompt template {str(name_or_path)!r}; built in: {', '.join(built_in)}; or give a .txt path")
     return parse_template(resource.read_text(encoding="utf-8"), f"stepdistill.prompts/{name_or_path}.txt")
 
