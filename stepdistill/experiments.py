@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .tasks import Task, get_task
+from .tasks import Task, get_task, read_json_file
 
 # sweep method name -> (trainer method, label source)
 METHODS: dict[str, tuple[str, str]] = {
@@ -179,12 +179,7 @@ def get_preset(name: str) -> Preset:
     path = Path(name)
     if not name.endswith(".json"):
         raise ValueError(f"unknown preset {name!r}; built in: {', '.join(PRESETS)}; or a preset .json file")
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"preset file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON in preset: {exc.msg}") from None
+    spec = read_json_file(path, "preset")
     base = PRESETS.get(spec.pop("base", "cpu"))
     if base is None:
         raise ValueError(f"{path}: field 'base': unknown preset; built in: {', '.join(PRESETS)}")

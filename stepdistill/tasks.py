@@ -243,6 +243,16 @@ class SpecTask(Task):
         return self._checked(match.group("rationale"), match.group("label"), example)
 
 
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON config file (task spec, preset); errors name the file and line."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON in {what}: {exc.msg}") from None
+
+
 _REGISTRY: dict[str, type[Task]] = {}
 
 
@@ -270,13 +280,7 @@ def get_task(name: str | Task) -> Task:
         return _REGISTRY[name]()
     if name.endswith(".json"):
         path = Path(name)
-        try:
-            spec = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"task spec file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {exc.lineno}: invalid JSON in task spec: {exc.msg}") from None
-        return SpecTask(spec, source=str(path))
+        return SpecTask(read_json_file(path, "task spec"), source=str(path))
     if ":" in name:
         target, _, attr = name.rpartition(":")
         if target.endswith(".py"):
