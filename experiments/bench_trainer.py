@@ -6,16 +6,20 @@ Reference algorithm (re-implemented here from its description, on the same HF Se
   - every eval interval: a teacher-forced loss forward plus greedy generation of up to 64 tokens for the label
     input of EVERY example of the eval split, decoded and string-compared with the gold label.
 Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, rank-scored validation
-accuracy with one encoder pass per batch, best checkpoint kept), run twice: "ours" with the reference's data order
-(random sampler, same seed: the training computation is the same, only evaluation differs) and "ours grouped" with
-length-grouped global batches (less padding, a different data order).
+accuracy with one encoder pass per batch, best checkpoint kept) with the reference's data order (random sampler,
+same seed: the same examples in every batch), run twice:
+  - "ours": the defaults; with one torch thread each batch runs in 4 length-sorted chunks padded only to their own
+    longest row (the same loss sum and update as one padded batch, less padding computed), with more threads in 1;
+  - "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks contribute.
+With --grouped also "ours grouped": length-grouped global batches (a different data order: batches of similar length).
 
 Same initial weights (one tiny student built once and loaded by both), same examples, batch size, steps, learning
 rate schedule, eval interval and machine. Each side runs in its own subprocess so peak memory (max RSS) is its own.
 The figure compared is the wall time of `trainer.train()` (training + the evaluations during training); ours also
 saves a checkpoint at every evaluation and reloads the best one at the end, the reference saves nothing.
 
-    python experiments/bench_trainer.py                     # e-SNLI subset from ../shared/data (or the demo data)
+    python experiments/bench_trainer.py --threads 1 --valid 9842   # e-SNLI, the whole valid split, like the reference
+    python experiments/bench_trainer.py                     # e-SNLI, 500 valid, 2 threads (or the demo data)
     python experiments/bench_trainer.py --task arith-demo   # synthetic data, no shared data needed
 """
 
@@ -156,11 +160,13 @@ def run_ours(args, train, valid, init) -> dict:
                          eval_steps=args.eval_steps, eval_batch_size=args.eval_batch_size, seed=args.seed,
                          bf16=args.bf16, max_input_length=args.max_input_length,
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
-                         logging_steps=args.eval_steps, group_by_length=args.group_by_length)
+                         logging_steps=args.eval_steps, group_by_length=args.group_by_length,
+                         length_chunks=args.length_chunks)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
 
-    run_dir = Path(args.work_dir) / f"ours{'-grouped' if args.group_by_length else ''}{'-bf16' if args.bf16 else ''}"
+    run_dir = Path(args.work_dir) / (f"ours{'-grouped' if args.group_by_length else ''}{'-bf16' if args.bf16 else ''}"
+                                     f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}")
     results = run_training(args.task, train, valid, [], config, run_dir)
     curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
     model, tokenizer = load_student(run_dir / "model")
@@ -219,6 +225,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast")
+    parser.add_argument("--grouped", action="store_true", help="also run ours with length-grouped batches")
+    parser.add_argument("--length-chunks", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-by-length", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -227,11 +235,11 @@ def main() -> None:
         return worker(args)
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    # ours: the reference's data order (random sampler, same seed), then with length-grouped global batches
-    runs = [("reference", []), ("ours", []), ("ours grouped", ["--group-by-length"])]
+    runs = [("reference", []), ("ours", []), ("ours 1 chunk", ["--length-chunks", "1"])]
+    runs += [("ours grouped", ["--group-by-length"])] if args.grouped else []
     runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
     results = {}
-    base = [a for a in sys.argv[1:] if a != "--bf16"]
+    base = [a for a in sys.argv[1:] if a not in ("--bf16", "--grouped")]
     for label, extra in runs:
         result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}.json"
         cmd = [sys.executable, __file__, *base, "--worker", label.split()[0], "--result", str(result), *extra]

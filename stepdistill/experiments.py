@@ -20,6 +20,7 @@ import os
 import shutil
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -262,22 +263,28 @@ def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
 
 
 def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, out_dir: str | os.PathLike,
-              train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print) -> list[dict]:
+              train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
+              workers: int = 1) -> list[dict]:
     """Train every planned run that has no finished folder yet; returns the results of all finished runs.
 
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
     ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` (same signature).
+    ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
+    (1 when unset): on a CPU, small models gain more from a second process than from a second thread.
     """
     from .data import subsample
 
     if train_fn is None:
         from .student.trainer import run_training as train_fn
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     task = get_task(task)
     preset = preset.for_task(task)
-    if preset.torch_threads:
+    threads = preset.torch_threads or (1 if workers > 1 else None)
+    if threads and workers == 1:
         import torch
 
-        torch.set_num_threads(preset.torch_threads)
+        torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _lock_sweep(out_dir):  # held for the whole sweep; the OS drops it if the process is killed
@@ -286,11 +293,12 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
         full_train = task.full_split_sizes.get("train")
         plan = plan_runs(preset, task)
         done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
-        echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}")
-        for index, spec in enumerate(plan, start=1):
+        echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}"
+             + (f", {workers} at a time" if workers > 1 else ""))
+
+        def start(index: int, spec: RunSpec) -> tuple:
+            """Prepare the run's .partial folder and arguments; log its start."""
             final = run_dir_for(out_dir, spec)
-            if (final / RESULTS_FILE).exists():
-                continue
             partial = final.with_name(final.name + ".partial")
             if partial.exists():  # left by a crashed sweep: start that run again from scratch
                 shutil.rmtree(partial)
@@ -304,8 +312,9 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
                      "full_train_size": full_train, "valid_size": len(valid), "test_size": len(test)}
             echo(f"[{index}/{len(plan)}] {spec.key}: {len(records):,} examples")
             _log(out_dir, "start", spec.key, os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S"))
-            started = time.perf_counter()
-            train_fn(task, records, valid, test, config, partial, extra=extra)
+            return (task, records, valid, test, config, partial), extra, time.perf_counter()
+
+        def finish(spec: RunSpec, partial: Path, extra: dict, started: float) -> None:
             results = json.loads((partial / RESULTS_FILE).read_text())
             results["sweep_wall_s"] = round(time.perf_counter() - started, 3)
             results.update(extra)
@@ -313,11 +322,67 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
                 for name in ("model", "checkpoints", "student-init"):
                     shutil.rmtree(partial / name, ignore_errors=True)
             _write_json_atomic(partial / RESULTS_FILE, results)
-            os.replace(partial, final)  # atomic: the run counts as finished only from here on
+            os.replace(partial, run_dir_for(out_dir, spec))  # atomic: the run counts as finished only from here on
             _log(out_dir, "done", spec.key, os.getpid(), results["sweep_wall_s"])
-            echo(f"    test accuracy {results.get('test_accuracy')}, valid {results.get('valid_accuracy')}, "
-                 f"{results['sweep_wall_s']:.1f} s")
+            echo(f"    {spec.key}: test accuracy {results.get('test_accuracy')}, "
+                 f"valid {results.get('valid_accuracy')}, {results['sweep_wall_s']:.1f} s")
+
+        pending = [(index, spec) for index, spec in enumerate(plan, start=1)
+                   if not (run_dir_for(out_dir, spec) / RESULTS_FILE).exists()]
+        if workers == 1:
+            for index, spec in pending:
+                args, extra, started = start(index, spec)
+                train_fn(*args, extra=extra)
+                finish(spec, args[-1], extra, started)
+        else:
+            _run_parallel(pending, start, finish, train_fn, workers, threads)
     return load_results(out_dir)
+
+
+def _init_worker(threads: int) -> None:
+    import sys
+
+    import torch
+
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        # die with the sweep: an orphan would go on writing into a .partial folder that a resumed sweep restarts
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_parallel(pending: list[tuple[int, RunSpec]], start: Callable, finish: Callable, train_fn: Callable,
+                  workers: int, threads: int) -> None:
+    """At most ``workers`` runs in flight, each in a spawned process; a run is finished (renamed, logged) by this
+    process as soon as it ends. On a failure the runs in flight still finish, then the error is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    queue = list(pending)
+    in_flight: dict = {}
+    error: BaseException | None = None
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        while queue or in_flight:
+            while queue and error is None and len(in_flight) < workers:
+                index, spec = queue.pop(0)
+                args, extra, started = start(index, spec)
+                in_flight[pool.submit(train_fn, *args, extra=extra)] = (spec, args[-1], extra, started)
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec, partial, extra, started = in_flight.pop(future)
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001  (re-raised below, after the others finish)
+                    error = error or exc
+                    continue
+                finish(spec, partial, extra, started)
+    if error is not None:
+        raise error
 
 
 def eval_splits(splits: dict[str, list[dict]], preset: Preset) -> tuple[list[dict], list[dict], list[dict]]:
@@ -468,13 +533,35 @@ def convergence(results: list[dict], late_share: float = 1 / 3) -> dict[str, dic
     return {method: found[method] for method in METHODS if method in found}
 
 
-def matching_fraction(rows: list[dict], reference: str = "standard-finetune") -> dict[str, float | None]:
+def majority_rate(records: list[dict]) -> float | None:
+    """Test accuracy of always answering the most frequent gold label: the chance level a student must beat
+    (None for free-form tasks, whose labels are not a fixed set)."""
+    if not records or any(not r.get("choices") for r in records):
+        return None
+    return max(Counter(r["label"] for r in records).values()) / len(records)
+
+
+def beats_chance(row: dict, chance: float | None) -> bool:
+    """The row's 95% interval lies above ``chance``; with one seed (no interval) its mean is 2 points above."""
+    if chance is None:
+        return True
+    if row["n_seeds"] > 1 and not math.isnan(row["ci95_low"]):
+        return row["ci95_low"] > chance
+    return row["test_accuracy_mean"] > chance + 0.02
+
+
+def matching_fraction(rows: list[dict], reference: str = "standard-finetune",
+                      chance: float | None = None) -> dict[str, float | None]:
     """Per step-by-step method: the smallest fraction whose mean test accuracy reaches the mean of ``reference``
-    at its largest fraction (None when no fraction does; absent when either method was not run)."""
+    at its largest fraction (None when no fraction does; absent when either method was not run). Nothing at all
+    (``{}``) when that reference does not beat ``chance``: matching a model that learned nothing says nothing."""
     ref_rows = [r for r in rows if r["method"] == reference]
     if not ref_rows:
         return {}
-    target = max(ref_rows, key=lambda r: r["fraction"])["test_accuracy_mean"]
+    top = max(ref_rows, key=lambda r: r["fraction"])
+    if not beats_chance(top, chance):
+        return {}
+    target = top["test_accuracy_mean"]
     found: dict[str, float | None] = {}
     for method in ("step-by-step-gold", "step-by-step-teacher"):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["fraction"])
@@ -585,7 +672,8 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "full_split_sizes": dict(task.full_split_sizes),
         "sum_of_run_wall_s": round(sum(float(r.get("sweep_wall_s", 0.0)) for r in results), 1),
         "sweep_wall_s_this_invocation": sweep_wall_s,
-        "matching_fraction": matching_fraction(rows),
+        "matching_fraction": {},
+        "chance_test_accuracy": None,
         "convergence": convergence(results),
         "reference_accuracy": None,
     }
@@ -597,10 +685,14 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
     if splits is not None:
         _, valid, test = eval_splits(splits, preset)
         teacher_acc = teacher_accuracy(task, test)
+        info["chance_test_accuracy"] = majority_rate(test)
         info.update(local_split_sizes={name: len(records) for name, records in splits.items()},
                     eval_sizes={"valid": len(valid), "test": len(test)},
                     teacher_test_accuracy=teacher_acc,
                     teacher_test_accuracy_full_split=teacher_accuracy(task, splits["test"]))
+    info["matching_fraction"] = matching_fraction(rows, chance=info["chance_test_accuracy"])
+    if ref and info["chance_test_accuracy"] is not None:
+        info["reference_accuracy"]["beats_chance"] = beats_chance(top, info["chance_test_accuracy"])
     write_csv(rows, out_dir / "summary.csv")
     plots = {}
     model = results[0].get("model", preset.model)
@@ -659,6 +751,14 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
                      f"{info['teacher_test_accuracy_full_split'] * 100:.2f}%), from the teacher labels in the data; "
                      "an unparseable teacher output counts as wrong.")
     ref = info.get("reference_accuracy")
+    chance = info.get("chance_test_accuracy")
+    if chance is not None:
+        facts.append(f"Chance level: always answering the most frequent label scores {chance * 100:.2f}% on the "
+                     "evaluated test examples.")
+    if ref is not None and ref.get("beats_chance") is False:
+        facts.append(f"No matching fraction: standard finetuning at {_pct(ref['fraction'])} "
+                     f"({ref['test_accuracy_mean'] * 100:.2f}%) does not beat the chance level (its 95% interval, or "
+                     "with one seed its mean minus 2 points, is not above it), so matching it would say nothing.")
     for method, fraction in info["matching_fraction"].items():
         if ref is None:
             continue
@@ -681,7 +781,8 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
 
 def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, out_dir: str | None = None,
           source: str = "local", methods: list[str] | None = None, seeds: list[int] | None = None,
-          fractions: list[float] | None = None, max_steps: int | None = None, report_only: bool = False) -> None:
+          fractions: list[float] | None = None, max_steps: int | None = None, workers: int = 1,
+          report_only: bool = False) -> None:
     """Run a data-efficiency sweep (fractions x methods x seeds) and write its report folder.
 
     The folder holds summary.csv, summary.md (table), curve_*.png (plots), report.json and runs/ (one folder per
@@ -697,6 +798,8 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
         seeds: Seeds to run instead of the preset's.
         fractions: Fractions of the full training split to run instead of the preset's.
         max_steps: Training steps per run instead of the preset's.
+        workers: Runs trained at once, each in its own process (on CPUs: about one per core; each uses the preset's
+            torch threads, 1 when it sets none).
         report_only: Only rebuild the report from the finished runs; train nothing.
     """
     from .data import load_task_data
@@ -717,7 +820,7 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
     data = load_task_data(task_obj, data_dir=data_dir, source=source)
     started = time.perf_counter()
     if not report_only:
-        run_sweep(task_obj, data.splits, chosen, out)
+        run_sweep(task_obj, data.splits, chosen, out, workers=workers)
     report = write_report(task_obj, chosen, out, splits=data.splits,
                           sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1))
     print((out / "summary.md").read_text())

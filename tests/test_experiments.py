@@ -25,7 +25,7 @@ from PIL import Image
 
 from stepdistill.experiments import (
     METHODS, PRESETS, RunSpec, aggregate, check_fractions, get_preset, load_results, markdown_table,
-    matching_fraction, plan_runs, run_sweep, t_quantile, teacher_accuracy, write_report,
+    majority_rate, matching_fraction, plan_runs, run_sweep, t_quantile, teacher_accuracy, write_report,
 )
 from stepdistill.tasks import get_task
 
@@ -142,6 +142,21 @@ def test_matching_fraction():
     results += [_result("step-by-step-teacher", f, 0, acc) for f, acc in ((0.1, 0.6), (0.5, 0.7), (1.0, 0.79))]
     assert matching_fraction(aggregate(results)) == {"step-by-step-gold": 0.5, "step-by-step-teacher": None}
     assert matching_fraction(aggregate(results[3:])) == {}  # no standard finetuning run: nothing to match
+    # a reference at chance level: matching it says nothing, so no fraction is reported
+    assert matching_fraction(aggregate(results), chance=0.79) == {}
+    assert matching_fraction(aggregate(results), chance=0.77) == {"step-by-step-gold": 0.5, "step-by-step-teacher": None}
+    # with seeds, the reference's 95% interval must lie above chance
+    seeds = [_result("standard-finetune", 1.0, seed, acc) for seed, acc in enumerate((0.40, 0.36, 0.38))]
+    seeds += [_result("step-by-step-gold", 0.1, seed, 0.40) for seed in range(3)]
+    assert aggregate(seeds)[0]["ci95_low"] < 0.35 < aggregate(seeds)[0]["test_accuracy_mean"]
+    assert matching_fraction(aggregate(seeds), chance=0.35) == {}
+    assert matching_fraction(aggregate(seeds), chance=0.33) == {"step-by-step-gold": 0.1}
+
+
+def test_majority_rate_is_the_most_frequent_gold_label_share():
+    records = [{"label": label, "choices": ["a", "b", "c"]} for label in "aabca"]
+    assert majority_rate(records) == 0.6
+    assert majority_rate([{"label": "3", "choices": None}]) is None  # free-form: no fixed label set
 
 
 def test_teacher_accuracy_counts_unparseable_as_wrong(tmp_path):
@@ -222,6 +237,77 @@ def test_sweep_crash_leaves_partial_and_resume_reruns_only_unfinished(tmp_path):
     assert [line.split("\t")[1] for line in log if line.startswith("done")] == keys
 
 
+def test_parallel_sweep_runs_each_run_once_and_finishes_the_others_after_a_failure(tmp_path, monkeypatch):
+    from stepdistill.data import load_task_data
+
+    from sweep_workers import fake_train
+
+    data = load_task_data("esnli", data_dir=make_esnli_folder(tmp_path / "data"))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("FAKE_TRAIN_DIR", str(markers))
+    keys = [spec.key for spec in plan_runs(PRESETS["smoke"], get_task("esnli"))]
+    monkeypatch.setenv("FAKE_TRAIN_FAIL", keys[3])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom in " + keys[3]):
+        run_sweep("esnli", data.splits, PRESETS["smoke"], out, train_fn=fake_train, echo=lambda _: None, workers=2)
+    # in flight when the failure came: finished and kept; not started yet: left for the resume
+    finished = {r["run_key"] for r in load_results(out)}
+    assert keys[3] not in finished and set(keys[:3]) <= finished and len(finished) <= 5
+    assert (out / "runs" / (keys[3] + ".partial")).is_dir()
+    monkeypatch.delenv("FAKE_TRAIN_FAIL")
+    results = run_sweep("esnli", data.splits, PRESETS["smoke"], out, train_fn=fake_train, echo=lambda _: None,
+                        workers=2)
+    assert sorted(r["run_key"] for r in results) == sorted(keys)
+    trained = sorted(name.split("-", 1)[1] for name in os.listdir(markers))
+    assert trained == sorted([k.replace("/", "_") for k in keys] + [keys[3].replace("/", "_")])  # only the failed one twice
+    assert len({r["worker_pid"] for r in results} | {os.getpid()}) >= 3  # two worker processes, not this one
+    log = (out / "sweep.log").read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in log if line.startswith("done")) == sorted(keys)
+    # the same numbers as a one-process sweep
+    serial = run_sweep("esnli", data.splits, PRESETS["smoke"], tmp_path / "serial", train_fn=fake_train,
+                       echo=lambda _: None)
+    assert {r["run_key"]: r["test_accuracy"] for r in serial} == {r["run_key"]: r["test_accuracy"] for r in results}
+
+
+def test_killing_a_parallel_sweep_kills_its_workers(tmp_path):
+    data_dir = make_esnli_folder(tmp_path / "data")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    code = ("import sys; sys.path.insert(0, {tests!r}); from sweep_workers import fake_train; "
+            "from stepdistill.data import load_task_data; from stepdistill.experiments import PRESETS, run_sweep; "
+            "run_sweep('esnli', load_task_data('esnli', data_dir={data!r}).splits, PRESETS['smoke'], {out!r}, "
+            "train_fn=fake_train, workers=2)").format(tests=str(REPO_ROOT / "tests"), data=str(data_dir),
+                                                       out=str(tmp_path / "out"))
+    sweep = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             env={**os.environ, "FAKE_TRAIN_DIR": str(markers), "FAKE_TRAIN_SLEEP": "120"})
+    deadline = time.monotonic() + 120
+    while len(os.listdir(markers)) < 2:
+        assert time.monotonic() < deadline and sweep.poll() is None, "the workers did not start"
+        time.sleep(0.05)
+    workers = {int(name.split("-")[0]) for name in os.listdir(markers)}
+    assert len(workers) == 2 and sweep.pid not in workers
+    sweep.kill()  # the sweep process only, not its process group
+    sweep.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:  # leave nothing running behind a failed test
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "a worker outlived the killed sweep"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, only not yet reaped
+        return stat.read().split(") ")[1][0] != "Z"
+
+
 def test_second_sweep_in_the_same_folder_is_refused(tmp_path):
     import fcntl
 
@@ -278,7 +364,8 @@ def resumed_sweep(tmp_path_factory):
         first.wait()
     assert first.returncode == -signal.SIGKILL
     finished_before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/*/results.json")}
-    second = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    # the resume trains the rest two at a time: the real trainer in worker processes
+    second = subprocess.run(command + ["--workers", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {"out": out, "data_dir": data_dir, "first_pid": first.pid,
             "finished_before": finished_before, "stdout": second.stdout}
@@ -303,6 +390,7 @@ def test_killed_sweep_resumes_without_redoing_a_run(resumed_sweep):
         assert path.stat().st_mtime_ns == mtime
     assert not list((out / "runs").glob("*/*/*.partial"))
     assert "8 runs, " + str(len(done_by_first)) + " already finished" in resumed_sweep["stdout"]
+    assert ", 2 at a time" in resumed_sweep["stdout"]
 
 
 def _independent_aggregate(out: Path) -> dict[tuple[str, float], dict]:

@@ -72,6 +72,9 @@ class TrainConfig:
     # length-sorted global batches: less padding (1.4x faster on e-SNLI, tiny T5, CPU) but batches of similar
     # length; on e-SNLI that cost accuracy in experiments/bench_trainer.py (NLI labels correlate with length)
     group_by_length: bool = False
+    # each micro-batch runs in this many length-sorted chunks, each padded only to its own longest row: the same
+    # loss and update, less padding computed; None = default_length_chunks()
+    length_chunks: int | None = None
     generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
     report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
     logging_steps: int = 10
@@ -96,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.label_prefix == self.rationale_prefix:
             raise ValueError("label_prefix and rationale_prefix must differ")
+        if self.length_chunks is not None and self.length_chunks < 1:
+            raise ValueError(f"length_chunks must be at least 1, got {self.length_chunks}")
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
 
@@ -244,6 +249,39 @@ class GlobalBatchLengthSampler:
             yield from batch
 
 
+def default_length_chunks(device_type: str) -> int:
+    """4 on a CPU with one torch thread: 1.3x faster steps on e-SNLI (tiny T5, batch 32). Otherwise 1: with two
+    threads the smaller matrices lost what the padding saved (measured 0.95x), and on GPUs it is unmeasured."""
+    import torch
+
+    return 4 if device_type == "cpu" and torch.get_num_threads() == 1 else 1
+
+
+def token_loss_sum(model, input_ids, attention_mask, labels, chunks: int = 1, unwrapped=None):
+    """(sum of the target tokens' cross-entropies, number of target tokens) of a right-padded batch.
+
+    The rows run in ``chunks`` length-sorted chunks, each cut to its own longest input and target: the sum is that
+    of one padded batch (same examples, same update) without computing most of the padding (e-SNLI batches of 32:
+    inputs padded as one batch are 1.8x the real tokens, 1.2x in 4 chunks). ``unwrapped``: the model without its
+    DDP/FSDP wrapper, for ``prepare_decoder_input_ids_from_labels``."""
+    import torch
+
+    unwrapped = unwrapped or model
+    input_lengths = attention_mask.sum(1)
+    target_lengths = labels.ne(-100).sum(1)
+    order = torch.argsort(input_lengths, descending=True, stable=True)
+    total = None
+    for rows in order.tensor_split(min(chunks, len(order))):
+        width, target_width = int(input_lengths[rows].max()), max(1, int(target_lengths[rows].max()))
+        chunk_labels = labels[rows, :target_width]
+        logits = model(input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width],
+                       decoder_input_ids=unwrapped.prepare_decoder_input_ids_from_labels(labels=chunk_labels)).logits
+        chunk_sum = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)),
+                                                      chunk_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total = chunk_sum if total is None else total + chunk_sum
+    return total, target_lengths.sum()
+
+
 def _trainer_class():
     import torch
     from transformers import Trainer
@@ -261,6 +299,7 @@ def _trainer_class():
             self.eval_records = eval_records
             self.batch_log = batch_log
             self._task_losses: dict[str, list[float]] = {"label_loss": [], "rationale_loss": []}
+            self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
             self.eval_seconds = 0.0
 
         def _get_train_sampler(self, train_dataset=None):
@@ -278,14 +317,8 @@ def _trainer_class():
             return counts
 
         def _task_loss(self, model, input_ids, attention_mask, labels):
-            """Sum of token cross-entropies and the number of target tokens."""
-            unwrapped = self.accelerator.unwrap_model(model)
-            decoder_input_ids = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                           decoder_input_ids=decoder_input_ids).logits
-            total = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1),
-                                                      ignore_index=-100, reduction="sum")
-            return total, labels.ne(-100).sum()
+            return token_loss_sum(model, input_ids, attention_mask, labels, self.length_chunks,
+                                  self.accelerator.unwrap_model(model))
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.batch_log is not None and model.training:
@@ -520,6 +553,7 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
         "bf16": config.bf16,
         "device": str(args.device),
         "torch_threads": torch.get_num_threads(),
+        "length_chunks": trainer.length_chunks,
     }
     results.update(extra or {})
     if trainer.is_world_process_zero():

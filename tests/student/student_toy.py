@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from stepdistill.tasks import SpecTask
 
 TOY_SPEC = {"name": "toy-colors", "input_template": "the color is {text}", "labels": ["warm", "cold"], "label_field": "label"}
@@ -30,4 +32,40 @@ def toy_records(without_rationale: tuple[int, ...] = ()) -> list[dict]:
         })
     return records
 
+
+def chunked_equals_one_batch(model, tokenizer, inputs, targets):
+    """token_loss_sum over length-sorted chunks gives the one-padded-batch sum, token count and gradients."""
+    from stepdistill.student.models import encode_targets
+    from stepdistill.student.trainer import MultiTaskCollator, token_loss_sum
+
+    collator = MultiTaskCollator(tokenizer.pad_token_id)
+    features = [{"input_ids": i, "labels": t, "rationale_input_ids": [], "rationale_labels": [], "example_index": n}
+                for n, (i, t) in enumerate(zip(tokenizer(inputs)["input_ids"], encode_targets(tokenizer, targets)))]
+    batch = collator(features)
+    # lengths differ a lot, so the chunks really are cut shorter than the batch
+    assert batch["attention_mask"].sum(1).min() * 3 < batch["input_ids"].shape[1]
+    model.eval()  # no dropout: both ways must see the same network
+    results = []
+    for chunks in (1, 3, 100):
+        model.zero_grad()
+        total, count = token_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunks)
+        total.backward()
+        results.append((total.item(), count.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (one_sum, one_count, one_grads) = results[0]
+    assert one_count == sum(len(t) for t in encode_targets(tokenizer, targets))
+    for chunk_sum, chunk_count, grads in results[1:]:
+        assert chunk_count == one_count
+        assert abs(chunk_sum - one_sum) < 1e-4 * one_sum, (chunk_sum, one_sum)
+        assert len(grads) == len(one_grads)
+        assert all(torch.allclose(g, h, rtol=1e-4, atol=1e-6) for g, h in zip(grads, one_grads))
+    return one_sum
+
+
+VARIED = [("[label] the color is red", "warm"),
+          ("[rationale] the color is a very long and winding description of a deep blue evening sky over the sea",
+           "blue is a cold color because it reminds people of water and ice"),
+          ("[label] teal", "cold"),
+          ("[label] the color is orange like a fire in a stove on a winter night", "warm"),
+          ("[rationale] pink", "pink is warm"),
+          ("[label] the color is navy", "cold")]
 

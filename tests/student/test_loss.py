@@ -4,7 +4,7 @@ import torch
 
 from stepdistill.student.trainer import TrainConfig, read_log, run_training
 
-from student_toy import toy_records, toy_task
+from student_toy import VARIED, chunked_equals_one_batch, toy_records, toy_task
 
 
 def _padded(tokenizer, texts, pad):
@@ -68,3 +68,12 @@ def test_standard_method_trains_the_label_task_only(tmp_path):
     assert results["examples"]["rationale_task"] == 0
     log = [row for row in read_log(tmp_path) if "loss" in row]
     assert all("rationale_loss" not in row and abs(row["loss"] - row["label_loss"]) < 1e-5 for row in log)
+
+
+def test_length_sorted_chunks_give_the_one_batch_loss_and_gradients(tmp_path):
+    from stepdistill.student.models import build_tiny_student, load_student
+
+    texts = [t for pair in VARIED for t in pair] + [r["input"] for r in toy_records()]
+    model, tokenizer = load_student(build_tiny_student(texts, tmp_path / "tiny", seed=0))
+    loss_sum = chunked_equals_one_batch(model, tokenizer, [i for i, _ in VARIED], [t for _, t in VARIED])
+    assert loss_sum > 10.0  # an untrained model: a real, large loss, not a zero

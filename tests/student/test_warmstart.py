@@ -14,7 +14,7 @@ from stepdistill.student.models import encode_targets, load_student
 from stepdistill.student.trainer import TrainConfig, run_training, tokenize_examples
 from stepdistill.student.warmstart import exposure_note, resolve
 
-from student_toy import toy_records, toy_task
+from student_toy import VARIED, chunked_equals_one_batch, toy_records, toy_task
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -139,3 +139,8 @@ def test_pair_with_different_vocabularies_is_refused(bert_pair, tmp_path):
     other = _tiny_bert(tmp_path / "other", ["just", "a", "few", "words"], seed=2)
     with pytest.raises(ValueError, match="both halves must share one"):
         load_student(f"{encoder}+{other}")
+
+
+def test_length_sorted_chunks_give_the_one_batch_loss_for_a_warm_started_pair(bert_pair):
+    model, tokenizer = load_student(bert_pair)
+    assert chunked_equals_one_batch(model, tokenizer, [i for i, _ in VARIED], [t for _, t in VARIED]) > 10.0

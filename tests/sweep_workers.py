@@ -1,0 +1,24 @@
+"""Picklable fake trainers for the parallel-sweep tests (spawned workers import them by module name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def fake_train(task, train, valid, test, config, run_dir, extra=None):
+    """Writes a results.json whose accuracy is a function of the run, plus the worker's pid; fails on request."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "model").mkdir()
+    marker = Path(os.environ["FAKE_TRAIN_DIR"])
+    (marker / f"{os.getpid()}-{extra['run_key'].replace('/', '_')}").touch()
+    time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0.2")))
+    if extra["run_key"] == os.environ.get("FAKE_TRAIN_FAIL"):
+        raise RuntimeError(f"boom in {extra['run_key']}")
+    accuracy = len(train) / 1000 + config.seed / 100
+    (run_dir / "results.json").write_text(json.dumps({
+        "method": config.method, "label_source": config.label_source, "seed": config.seed,
+        "test_accuracy": accuracy, "valid_accuracy": accuracy, "worker_pid": os.getpid(), **(extra or {})}))
