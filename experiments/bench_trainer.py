@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast")
     parser.add_argument("--grouped", action="store_true", help="also run ours with length-grouped batches")
+    parser.add_argument("--no-one-chunk", action="store_true", help="skip the 'ours 1 chunk' run")
     parser.add_argument("--length-chunks", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-by-length", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
@@ -235,11 +236,11 @@ def main() -> None:
         return worker(args)
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    runs = [("reference", []), ("ours", []), ("ours 1 chunk", ["--length-chunks", "1"])]
+    runs = [("reference", []), ("ours", [])] + ([] if args.no_one_chunk else [("ours 1 chunk", ["--length-chunks", "1"])])
     runs += [("ours grouped", ["--group-by-length"])] if args.grouped else []
     runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
     results = {}
-    base = [a for a in sys.argv[1:] if a not in ("--bf16", "--grouped")]
+    base = [a for a in sys.argv[1:] if a not in ("--bf16", "--grouped", "--no-one-chunk")]
     for label, extra in runs:
         result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}.json"
         cmd = [sys.executable, __file__, *base, "--worker", label.split()[0], "--result", str(result), *extra]

@@ -36,14 +36,16 @@ def toy_records(without_rationale: tuple[int, ...] = ()) -> list[dict]:
 def chunked_equals_one_batch(model, tokenizer, inputs, targets):
     """token_loss_sum over length-sorted chunks gives the one-padded-batch sum, token count and gradients."""
     from stepdistill.student.models import encode_targets
-    from stepdistill.student.trainer import MultiTaskCollator, token_loss_sum
+    from stepdistill.student.trainer import MultiTaskCollator, length_sorted_chunks, token_loss_sum
 
     collator = MultiTaskCollator(tokenizer.pad_token_id)
     features = [{"input_ids": i, "labels": t, "rationale_input_ids": [], "rationale_labels": [], "example_index": n}
                 for n, (i, t) in enumerate(zip(tokenizer(inputs)["input_ids"], encode_targets(tokenizer, targets)))]
     batch = collator(features)
-    # lengths differ a lot, so the chunks really are cut shorter than the batch
+    # lengths differ a lot, so the batch really is split into chunks cut shorter than the batch
     assert batch["attention_mask"].sum(1).min() * 3 < batch["input_ids"].shape[1]
+    groups = length_sorted_chunks(batch["attention_mask"].sum(1).tolist(), batch["labels"].ne(-100).sum(1).tolist(), 3)
+    assert len(groups) >= 2 and sorted(r for g in groups for r in g) == list(range(len(inputs)))
     model.eval()  # no dropout: both ways must see the same network
     results = []
     for chunks in (1, 3, 100):

@@ -77,3 +77,17 @@ def test_length_sorted_chunks_give_the_one_batch_loss_and_gradients(tmp_path):
     model, tokenizer = load_student(build_tiny_student(texts, tmp_path / "tiny", seed=0))
     loss_sum = chunked_equals_one_batch(model, tokenizer, [i for i, _ in VARIED], [t for _, t in VARIED])
     assert loss_sum > 10.0  # an untrained model: a real, large loss, not a zero
+
+
+def test_length_sorted_chunks_split_only_where_padding_is_saved():
+    from stepdistill.student.trainer import length_sorted_chunks
+
+    # similar lengths: one chunk, whatever the cap
+    assert length_sorted_chunks([20, 22, 21, 23, 20, 22, 21, 24], [3] * 8, 4) == [[7, 3, 1, 5, 2, 6, 0, 4]]
+    # two length groups: halved once (saves 46% of the padded area); the halves are uniform, so no further split
+    lengths = [10, 90, 11, 91, 12, 92, 13, 93]
+    assert length_sorted_chunks(lengths, [2] * 8, 4) == [[7, 5, 3, 1], [6, 4, 2, 0]]
+    assert length_sorted_chunks(lengths, [2] * 8, 1) == [[7, 5, 3, 1, 6, 4, 2, 0]]  # the cap wins
+    # a long tail: the chunk with the largest saving is split first, up to the cap
+    chunks = length_sorted_chunks([100, 50, 25, 12, 6, 3, 2, 1], [1] * 8, 3)
+    assert chunks == [[0, 1], [2, 3], [4, 5, 6, 7]]  # 37% saved there against 29% in the short half
