@@ -635,7 +635,9 @@ def plot_curves(rows: list[dict], methods: tuple[str, ...], teacher_acc: float |
         low = [r["ci95_low"] * 100 for r in mine]
         high = [r["ci95_high"] * 100 for r in mine]
         (line,) = ax.plot(x, y, marker="o", color=METHOD_COLORS[method], label=METHOD_TITLES[method])
-        ax.fill_between(x, low, high, color=METHOD_COLORS[method], alpha=0.2, linewidth=0)
+        # drawn within 0-100%: with 2 seeds a t-interval can span far beyond it and flatten every curve
+        ax.fill_between(x, [max(v, 0.0) for v in low], [min(v, 100.0) for v in high], color=METHOD_COLORS[method],
+                        alpha=0.2, linewidth=0)
         series["methods"][method] = {"percent": [float(v) for v in line.get_xdata()],
                                      "accuracy": [float(v) for v in line.get_ydata()],
                                      "ci_low": low, "ci_high": high}
