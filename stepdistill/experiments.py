@@ -270,7 +270,7 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
     ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` (same signature).
     ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
-    (1 when unset): on a CPU, small models gain more from a second process than from a second thread.
+    (1 when unset).
     """
     from .data import subsample
 
@@ -674,8 +674,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "full_split_sizes": dict(task.full_split_sizes),
         "sum_of_run_wall_s": round(sum(float(r.get("sweep_wall_s", 0.0)) for r in results), 1),
         "sweep_wall_s_this_invocation": sweep_wall_s,
-        "matching_fraction": {},
-        "chance_test_accuracy": None,
+        "chance_test_accuracy": None,  # set below when the splits are given
         "convergence": convergence(results),
         "reference_accuracy": None,
     }
