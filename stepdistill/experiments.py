@@ -101,8 +101,8 @@ PRESETS: dict[str, Preset] = {
         max_input_length=48, max_target_length=24, valid_size=16, test_size=16,
         torch_threads=1,  # tiny matrices: a second thread costs more in synchronisation than it gives
     ),
-    # Tiny T5 from scratch, all four methods, 3 seeds, what the shared data allows: 48 runs per task, about
-    # 1.5 hours per task on 2 idle cores (arithmetic from measured step times: experiments/README.md). ANLI inputs are
+    # Tiny T5 from scratch, all four methods, 3 seeds, what the shared data allows: 48 runs per task, measured 15 min
+    # (e-SNLI) and 28 min (ANLI-R1) with --workers 2 on 2 idle cores (experiments/README.md). ANLI inputs are
     # ~4x longer (mean 184 tokens: max_input_length 128 would cut the hypothesis off 98.6% of them), hence 256 and
     # a smaller batch there; e-SNLI batches are length-grouped, so the cap costs it nothing.
     "cpu": Preset(
@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         task_overrides={"anli1": {"max_steps": 90, "batch_size": 8, "eval_steps": 30}},
     ),
     # all-MiniLM-L6-v2 warm-started as encoder and decoder (extra `pretrained`), all four methods, 3 seeds, under
-    # 2 hours per task on 2 free cores; the arithmetic is in CPU_PRETRAINED_BUDGET below.
+    # 2 hours per task on 2 free cores with --workers 2; measured times in CPU_PRETRAINED_BUDGET below.
     "cpu-pretrained": Preset(
         name="cpu-pretrained", model="minilm2minilm",
         fractions={
@@ -126,7 +126,6 @@ PRESETS: dict[str, Preset] = {
         },
         max_steps=196, batch_size=16, learning_rate=1e-4, eval_steps=28,
         max_input_length=192, max_target_length=48, valid_size=200, test_size=1000,
-        torch_threads=2,
         task_overrides={"anli1": {"max_steps": 84, "eval_steps": 14}},  # 2.3x the cost per step of e-SNLI
     ),
     # The paper's setup, for a GPU: T5-v1.1-base, 10,000 steps, batch 64, lr 5e-5, full valid/test.
@@ -138,25 +137,29 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does. Measured on the 2-core dev machine while other
-jobs shared it, so with ONE torch thread and process CPU seconds (= seconds on one free core), batches not
-length-grouped (pessimistic); 2 threads on 2 free cores assumed 1.5x faster (not measured: no free machine):
+CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does.
+
+Measured: `stepdistill curve --preset cpu-pretrained --workers 2` (two runs at once, one torch thread each) alone on
+the idle 2-core dev machine, length-sorted chunks on; per run, per seed (8 runs) and for the whole task:
+                       standard run      step-by-step run    one seed's runs (both fractions)   3 seeds
+  e-SNLI , 196 steps   336-359 s         602-649 s           1,961 s (seed 2)                   ~98 min
+  ANLI-R1,  84 steps   355-387 s         634-700 s           2,090 s (seeds 1-2: 4,180 s / 2)   ~105 min
+Why one thread per run: in the tiny-T5 trainer benchmark a second thread made a run only 1.35x faster, while a second
+run at once can give up to 2x (not compared head to head for MiniLM). The preset sets no thread count, so
+`--workers 2` gives each run one thread and a single-process sweep keeps torch's default (all cores).
+
+The plan was made from per-step costs taken earlier on the machine while other jobs shared it (ONE torch thread,
+process CPU seconds, batches not length-grouped); they still show where the time goes:
 
   per optimizer step, batch 16      e-SNLI       ANLI-R1
     standard (label task)           1.00 s       1.73 s
     step-by-step (+ rationale)      2.00 s       3.79 s     (a second encoder pass + ~20-40 decoder tokens)
   rank scoring, per example         19 ms        45 ms      (3 labels, batch 64)
-  -> on 2 cores (/1.5): std 0.67 / 1.15 s, step-by-step 1.33 / 2.53 s, eval 12.9 / 29.8 ms
   (batch 32 costs 1.6 / 3.45 s and 3.18 / 8.64 s: batch 16 gives more updates for the same time)
 
 A run = S steps, E evaluations on 200 valid examples, a final valid re-score, 1,000 test examples, and about 10 s of
-model building/saving plus 3 s per checkpoint. The four methods at one (fraction, seed):
-  e-SNLI , S=196, E=7: 2 x 196 x (0.67 + 1.33) + 4 x (7 x 200 + 200 + 1000) x 0.0129 + 4 x (10 + 7 x 3)
-                       = 784 + 134 + 124 = 1,042 s;  x 3 seeds x 2 fractions = 6,250 s = 104 min
-  ANLI-R1, S=84,  E=6: 2 x 84 x (1.15 + 2.53) + 4 x (6 x 200 + 200 + 1000) x 0.0298 + 4 x (10 + 6 x 3)
-                       = 618 + 286 + 112 = 1,016 s;  x 3 seeds x 2 fractions = 6,100 s = 102 min
-Run the two tasks one after the other, each alone on its 2 cores: with other jobs on the cores, 2-thread runs spend
-most of their CPU time waiting (measured: about 10x the CPU seconds per step).
+model building/saving plus 3 s per checkpoint. Run the two tasks one after the other, each alone on the 2 cores:
+with other jobs on the cores, runs spend most of their CPU time waiting.
 
 Why these steps: the warm-started cross-attention must be learned before the labels move. e-SNLI standard fine-tuning
 (1e-4, batch 16, 2,197 examples, 150 valid examples, one seed) read 33 / 45 / 49 / 50 / 53 / 74 / 55 / 74% valid
@@ -624,7 +627,7 @@ def plot_curves(rows: list[dict], methods: tuple[str, ...], teacher_acc: float |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4.6), dpi=120, layout="constrained")
     series: dict[str, Any] = {"methods": {}, "teacher_accuracy": None}
     for method in methods:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["fraction"])
@@ -652,8 +655,7 @@ def plot_curves(rows: list[dict], methods: tuple[str, ...], teacher_acc: float |
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2)  # below the axes: inside, it hid points
     fig.savefig(path, metadata={"stepdistill:series": json.dumps(series)})
     plt.close(fig)
     return series
