@@ -94,6 +94,7 @@ def test_cpu_pretrained_preset_fits_the_local_data(shared_data_dir):
         assert preset.max_steps % preset.eval_steps == 0 and preset.max_steps // preset.eval_steps >= 6
         data = load_task_data(task, data_dir=shared_data_dir, splits=("train",))
         counts = check_fractions(preset, get_task(task), len(data.splits["train"]))
-        assert len(counts) >= 2 and min(counts.values()) >= 100
+        # e-SNLI: one fraction, so that every method's training fits the budget long enough to converge
+        assert len(counts) == (1 if task == "esnli" else 2) and min(counts.values()) >= 100
         # the largest fraction is read at least once: a bigger one would only measure the step budget
         assert max(counts.values()) <= preset.max_steps * preset.batch_size

@@ -471,6 +471,9 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
+    # transformers renamed gradient_checkpointing to activation_checkpointing within 5.x; we support all of 5.x
+    checkpointing_arg = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                         else "gradient_checkpointing")
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         max_steps=config.max_steps,
@@ -496,7 +499,7 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
         seed=config.seed,
         bf16=config.bf16,
         fp16=config.fp16,
-        activation_checkpointing=config.gradient_checkpointing,
+        **{checkpointing_arg: config.gradient_checkpointing},
         dataloader_pin_memory=torch.cuda.is_available(),
         # CPU-only machines: needed for multi-process CPU (gloo) training and for bf16 autocast on CPU
         use_cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
