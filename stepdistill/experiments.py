@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         task_overrides={"anli1": {"max_steps": 90, "batch_size": 8, "eval_steps": 30}},
     ),
     # all-MiniLM-L6-v2 warm-started as encoder and decoder (extra `pretrained`), all four methods, 3 seeds, under
-    # 2 hours per task on 2 free cores with --workers 2; measured times in CPU_PRETRAINED_BUDGET below.
+    # 2 hours per task on 2 free cores with --workers 2; measured times and the choice of steps in CPU_PRETRAINED_BUDGET.
     "cpu-pretrained": Preset(
         name="cpu-pretrained", model="minilm2minilm",
         fractions={
@@ -140,36 +140,38 @@ PRESETS: dict[str, Preset] = {
 CPU_PRETRAINED_BUDGET = """Why `cpu-pretrained` looks the way it does.
 
 Measured: `stepdistill curve --preset cpu-pretrained --workers 2` (two runs at once, one torch thread each) alone on
-the idle 2-core dev machine, length-sorted chunks on; per run, per seed (8 runs) and for the whole task:
-                       standard run      step-by-step run    one seed's runs (both fractions)   3 seeds
-  e-SNLI , 196 steps   336-359 s         602-649 s           1,961 s (seed 2)                   ~98 min
-  ANLI-R1,  84 steps   355-387 s         634-700 s           2,090 s (seeds 1-2: 4,180 s / 2)   ~105 min
+the idle 2-core dev machine, length-sorted chunks on:
+                                       steps   standard run   step-by-step run   whole task, 3 seeds
+  e-SNLI , 0.1% (549)                    392     627-708 s      1,218-1,311 s      98 min (5,859 s, measured)
+  ANLI-R1, 2.5% + 5.9% (424 / 1,000)     84      355-387 s      634-700 s          ~105 min (seeds 1-2: 4,180 s)
 Why one thread per run: in the tiny-T5 trainer benchmark a second thread made a run only 1.35x faster, while a second
-run at once can give up to 2x (not compared head to head for MiniLM). The preset sets no thread count, so
-`--workers 2` gives each run one thread and a single-process sweep keeps torch's default (all cores).
+run at once can give up to 2x. The preset sets no thread count, so `--workers 2` gives each run one thread and a
+single-process sweep keeps torch's default (all cores). bf16 autocast does not help here: on this CPU (AVX-512 bf16,
+no AMX) a step-by-step step took 1.32x longer in bf16 than in fp32.
 
-The plan was made from per-step costs taken earlier on the machine while other jobs shared it (ONE torch thread,
-process CPU seconds, batches not length-grouped); they still show where the time goes:
+Cost per optimizer step, batch 16, one thread: e-SNLI about 1.5 s standard and 2.9 s step-by-step (a second encoder
+pass and 20-40 rationale tokens); ANLI-R1 about 2.3x that. Rank scoring: 19 / 45 ms per example. A run = S steps,
+S/28 (ANLI S/14) evaluations on 200 valid examples with a checkpoint each, 1,000 test examples, ~10 s of set-up.
 
-  per optimizer step, batch 16      e-SNLI       ANLI-R1
-    standard (label task)           1.00 s       1.73 s
-    step-by-step (+ rationale)      2.00 s       3.79 s     (a second encoder pass + ~20-40 decoder tokens)
-  rank scoring, per example         19 ms        45 ms      (3 labels, batch 64)
-  (batch 32 costs 1.6 / 3.45 s and 3.18 / 8.64 s: batch 16 gives more updates for the same time)
-
-A run = S steps, E evaluations on 200 valid examples, a final valid re-score, 1,000 test examples, and about 10 s of
-model building/saving plus 3 s per checkpoint. Run the two tasks one after the other, each alone on the 2 cores:
-with other jobs on the cores, runs spend most of their CPU time waiting.
-
-Why these steps: the warm-started cross-attention must be learned before the labels move. e-SNLI standard fine-tuning
-(1e-4, batch 16, 2,197 examples, 150 valid examples, one seed) read 33 / 45 / 49 / 50 / 53 / 74 / 55 / 74% valid
-accuracy at steps 28 / 56 / ... / 224 (test 67% on 100 for the step-168 checkpoint), and stayed at chance (31-37%)
-through 140 steps at 3e-4. So e-SNLI gets the most steps that fit with 2 fractions (196: past the first jump, with
-the best checkpoint kept), and ANLI-R1 (2.3x the cost per step) what is left, which may leave it near chance: the
-report's convergence lines say so. Valid accuracy swings by 20 points between evaluations at this constant rate.
-Steps, not wall time, are equal across methods (as in the paper): step-by-step costs about 2x per step and gets no
-extra label updates. 196 x 16 = 3,136 (e-SNLI) and 84 x 16 = 1,344 (ANLI-R1) training examples are read per run, so
-the largest fractions are read at least once: a bigger fraction would only measure the step budget.
+Why e-SNLI has one fraction and 392 steps. The warm-started cross-attention must be learned before the labels move,
+and step-by-step, whose updates serve two tasks, gets there later than standard training. At 196 steps of 16 with two
+fractions (0.1%, 0.4%; the previous version of this preset, ~98 min) step-by-step (gold) was still improving in 6/6
+CPU runs. Training longer is what fixes it, measured on an H100 (fp32, this preset's lr 1e-4 constant, batch 16, 200
+valid examples every 28 steps, seeds 0-1; best valid accuracy in steps 1-196 / 197-392 / 393-784):
+                          0.1% (549 examples)           0.4% (2,197 examples)
+  standard fine-tuning    67/72/72, 62/62/58            78/78/80, 70/77/78
+  standard distillation   57/56/58, 55/56/56            60/69/72, 60/70/70
+  step-by-step (gold)     48/64/64, 55/62/62            68/70/76, 66/78/79 (476 steps)
+  step-by-step (teacher)  50/56/58, 58/55/54 (588)      42/68/70
+At 0.1% every method has reached its plateau by step 392 (later gains are at most 2 points; one standard error of
+200 valid examples is about 3.5), at 0.4% runs still gained up to 6 points after 392. Neither a linear decay (peak
+1e-4 or 2e-4, warmup 20) at 196 steps nor 392 steps of batch 8 brought step-by-step there (H100, 3 seeds): what
+counts is examples read. Two fractions at 392 steps would take ~195 min here, so e-SNLI runs the one fraction that
+converges within the budget; for a curve, add fractions and steps on a longer budget (`--fractions`, `--max-steps`)
+or on a GPU (one H100 ran this preset's 12 e-SNLI runs in 222 s, all at once, beside 12 more).
+ANLI-R1 gets 84 steps (2.3x e-SNLI's cost per step) and stays at chance. On the H100, 588 steps (7x) at 5.9% left all
+four methods at chance too (seed 0: 33.1-37.9% test, valid 28-40% throughout): ANLI-R1's flat curves belong to this
+student, not to the step budget.
 Lengths (WordPiece tokens, 2,000 training examples): inputs e-SNLI p99 59 / max 77, ANLI-R1 p99 146 / max 186, so 192
 truncates nothing (batches are length-grouped: the cap costs nothing); rationales e-SNLI p99 33, ANLI-R1 p95 42 /
 p99 61, so 48 cuts a few ANLI rationales short.
@@ -639,8 +641,12 @@ def plot_curves(rows: list[dict], methods: tuple[str, ...], teacher_acc: float |
         high = [r["ci95_high"] * 100 for r in mine]
         (line,) = ax.plot(x, y, marker="o", color=METHOD_COLORS[method], label=METHOD_TITLES[method])
         # drawn within 0-100%: with 2 seeds a t-interval can span far beyond it and flatten every curve
-        ax.fill_between(x, [max(v, 0.0) for v in low], [min(v, 100.0) for v in high], color=METHOD_COLORS[method],
-                        alpha=0.2, linewidth=0)
+        bounded_low, bounded_high = [max(v, 0.0) for v in low], [min(v, 100.0) for v in high]
+        if len(x) > 1:
+            ax.fill_between(x, bounded_low, bounded_high, color=METHOD_COLORS[method], alpha=0.2, linewidth=0)
+        else:  # a band needs two fractions; one fraction (cpu-pretrained e-SNLI) gets an error bar
+            ax.errorbar(x, y, yerr=[[y[0] - bounded_low[0]], [bounded_high[0] - y[0]]], fmt="none",
+                        ecolor=METHOD_COLORS[method], capsize=4, alpha=0.6)
         series["methods"][method] = {"percent": [float(v) for v in line.get_xdata()],
                                      "accuracy": [float(v) for v in line.get_ydata()],
                                      "ci_low": low, "ci_high": high}
