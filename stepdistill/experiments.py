@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         task_overrides={"anli1": {"max_steps": 90, "batch_size": 8, "eval_steps": 30}},
     ),
     # all-MiniLM-L6-v2 warm-started as encoder and decoder (extra `pretrained`), all four methods, 3 seeds, under
-    # 2 hours per task on 2 free cores with --workers 2; measured times and the choice of steps in CPU_PRETRAINED_BUDGET.
+    # 2 hours per task on 2 free cores with --workers 2; measured times and the choice of steps: CPU_PRETRAINED_BUDGET.
     "cpu-pretrained": Preset(
         name="cpu-pretrained", model="minilm2minilm",
         fractions={

@@ -25,7 +25,8 @@ from PIL import Image
 
 from stepdistill.experiments import (
     METHODS, PRESETS, RunSpec, aggregate, check_fractions, get_preset, load_results, markdown_table,
-    majority_rate, matching_fraction, plan_runs, run_sweep, t_quantile, teacher_accuracy, write_report,
+    majority_rate, matching_fraction, plan_runs, plot_curves, run_sweep, t_quantile, teacher_accuracy,
+    write_report,
 )
 from stepdistill.tasks import get_task
 
@@ -134,6 +135,30 @@ def test_aggregate_known_numbers():
     table = markdown_table(aggregate(results))
     assert "| 1% | 10 | 70.00 ± 24.84 (n=3) | 60.00 ± 127.06 (n=2) |" in table
     assert "| 0.1% | 1 | - | 40.00 (n=1) |" in table
+
+
+def test_plot_draws_the_interval_as_a_band_or_with_one_fraction_an_error_bar(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn = []
+    original_band, original_bar = Axes.fill_between, Axes.errorbar
+    monkeypatch.setattr(Axes, "fill_between", lambda ax, x, low, high, **kw: (
+        drawn.append(("band", list(x), list(low), list(high))), original_band(ax, x, low, high, **kw))[1])
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, yerr=None, **kw: (
+        drawn.append(("bar", list(x), [round(v, 6) for v in y], [[round(v, 6) for v in side] for side in yerr])),
+        original_bar(ax, x, y, yerr=yerr, **kw))[1])
+    results = [_result("standard-finetune", f, s, a) for f, s, a in
+               [(0.01, 0, 0.60), (0.01, 1, 0.70), (0.01, 2, 0.80), (0.02, 0, 0.70), (0.02, 1, 0.80)]]
+    results += [_result("step-by-step-gold", 0.01, s, a) for s, a in [(0, 0.50), (1, 0.60), (2, 0.70)]]
+    rows = aggregate(results)
+    half = 100 * T975_DF2 * 0.10 / math.sqrt(3)  # 24.84...: three seeds, std 0.1
+    plot_curves(rows, ("standard-finetune", "step-by-step-gold"), None, tmp_path / "curve.png", "t")
+    assert [d[0] for d in drawn] == ["band", "bar"]
+    assert drawn[0][1] == [1.0, 2.0]
+    assert drawn[0][2][0] == pytest.approx(70 - half) and drawn[0][3][1] == 100.0  # capped at 100%
+    assert drawn[1][1] == [1.0] and drawn[1][2] == [60.0]
+    assert drawn[1][3] == [[pytest.approx(half, abs=1e-5)], [pytest.approx(half, abs=1e-5)]]
+    assert (tmp_path / "curve.png").stat().st_size > 0
 
 
 def test_matching_fraction():

@@ -472,8 +472,9 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
     # transformers renamed gradient_checkpointing to activation_checkpointing within 5.x; we support all of 5.x
-    checkpointing_arg = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                         else "gradient_checkpointing")
+    checkpointing_arg = "activation_checkpointing"
+    if checkpointing_arg not in TrainingArguments.__dataclass_fields__:
+        checkpointing_arg = "gradient_checkpointing"
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         max_steps=config.max_steps,
