@@ -30,80 +30,12 @@ import resource
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..tasks import Task, get_task
-
-METHODS = ("standard", "step-by-step")
-LABEL_SOURCES = ("gold", "teacher")
-META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
-
-
-@dataclass
-class TrainConfig:
-    """Student training settings. ``batch_size`` is the GLOBAL batch: per-device batch and gradient accumulation
-    are derived from the number of processes, so results do not depend on it."""
-
-    model: str = "tiny"  # "tiny", "minilm2minilm", "<encoder>+<decoder>", a hub name or a local checkpoint folder
-    method: str = "step-by-step"  # "standard" | "step-by-step"
-    label_source: str = "gold"  # "gold" | "teacher"
-    alpha: float = 0.5  # weight of the label loss (step-by-step)
-    label_prefix: str = "[label] "
-    rationale_prefix: str = "[rationale] "
-    max_steps: int = 10_000
-    batch_size: int = 64
-    per_device_batch_size: int | None = None  # micro-batch cap (memory); None = batch_size / processes
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_steps: int = 250
-    save_steps: int | None = None  # None = eval_steps (must be a multiple of eval_steps)
-    eval_batch_size: int = 64
-    seed: int = 0
-    bf16: bool = False  # bf16 autocast (GPU or CPUs with AVX-512 bf16/AMX); training and evaluation
-    fp16: bool = False
-    max_input_length: int = 1024
-    max_target_length: int = 256  # rationale (and label) tokens in training; rationale generation length
-    label_max_new_tokens: int = 32  # generation length of free-form labels (equations, numbers)
-    # length-sorted global batches: less padding (1.4x faster on e-SNLI, tiny T5, CPU) but batches of similar
-    # length; on e-SNLI that cost accuracy in experiments/bench_trainer.py (NLI labels correlate with length)
-    group_by_length: bool = False
-    # each micro-batch runs in up to this many length-sorted chunks, each padded only to its own longest row (split
-    # only where that saves 20% or more of the padded area): the same loss and update; None = default_length_chunks()
-    length_chunks: int | None = None
-    generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
-    report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    keep_checkpoints: bool = False  # False: delete checkpoints/ after the final model is saved
-    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "last" for the latest in run_dir
-    gradient_checkpointing: bool = False
-    optim: str = "adamw_torch"
-    deepspeed: str | None = None  # DeepSpeed JSON config (run under `accelerate launch` / `deepspeed`)
-    fsdp: str = ""  # Trainer's fsdp option, e.g. "full_shard auto_wrap"
-    dataloader_num_workers: int = 0
-    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # T5Config fields (and vocab_size) for "tiny"
-    log_batch_ids: bool = False  # write the example ids of every micro-batch (for checking data order)
-    disable_tqdm: bool = True
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.label_source not in LABEL_SOURCES:
-            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.label_prefix == self.rationale_prefix:
-            raise ValueError("label_prefix and rationale_prefix must differ")
-        if self.length_chunks is not None and self.length_chunks < 1:
-            raise ValueError(f"length_chunks must be at least 1, got {self.length_chunks}")
-        if self.save_steps is not None and self.save_steps % self.eval_steps:
-            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
-
+from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
