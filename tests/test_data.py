@@ -78,9 +78,12 @@ def test_local_records_keep_and_mark_unusable_teacher_outputs(tmp_path):
     assert [r["teacher_error"] for r in records] == [None, "unknown_label", "no_answer"]
     assert records[0]["input"] == "premise: A dog runs. hypothesis: An animal moves."
     assert (records[0]["rationale"], records[0]["teacher_label"]) == ("A dog is an animal.", "entailment")
-    assert records[1]["rationale"] == "No cat is mentioned." and records[1]["teacher_label"] == "maybe"
+    # an invalid teacher label is never a label; its text stays for reports
+    assert (records[1]["rationale"], records[1]["teacher_label"], records[1]["teacher_raw_label"]) == (
+        "No cat is mentioned.", None, "maybe")
+    assert records[2]["teacher_raw_label"] is None
     report = data.report["test"]
-    assert (report.examples, report.teacher_ok, report.teacher_agree) == (3, 1, 1)
+    assert (report.examples, report.teacher_ok, report.teacher_agree, report.teacher_agree_exact) == (3, 1, 1, 1)
     assert dict(report.teacher_failures) == {"unknown_label": 1, "no_answer": 1}
 
 
@@ -162,10 +165,10 @@ def test_hub_source_through_load_dataset(tmp_path):
 
 
 def test_user_task_from_bundled_spec_and_jsonl():
-    data = load_task_data(str(REPO_ROOT / "data" / "sentiment_task.json"), source="jsonl",
+    data = load_task_data(str(REPO_ROOT / "data" / "sentiment_task.json"), source="jsonl", carve_valid=None,
                           files={"train": str(REPO_ROOT / "data" / "sentiment_train.jsonl")}, teacher_field="teacher")
     records = data.splits["train"]
-    assert len(records) == 12 and records[0]["id"] == "s0"
+    assert len(records) == 12 and records[0]["id"] == "s0" and data.valid_carved is None
     assert records[0]["input"] == "review: The soup was hot and the staff remembered my name."
     assert records[0]["rationale"] == "Remembering a guest's name and serving hot food are signs of good service."
     assert records[5]["teacher_error"] == "no_answer"
