@@ -473,3 +473,21 @@ def test_carve_is_deterministic_and_sized():
                           (1.0, "valid fraction must be in \\(0, 1\\)"), ("10%", "a fraction in \\(0, 1\\) or a count")]:
         with pytest.raises(ValueError, match=message):
             carve_valid_split(CARVE_RECORDS, size)
+
+
+def test_replayed_cqa_rationales_drop_invalid_teacher_labels_too(tmp_path):
+    # the generator's path (finalize, attach_rationales) agrees with the data layer on the released-format fixture
+    from stepdistill.student.trainer import TrainConfig, select_examples
+    from stepdistill.teacher import RationaleGenerator, ReplayTeacher, attach_rationales, load_rationales
+
+    records = load_task_data("cqa", data_dir=FIXTURES / "cqa_shared", splits=["train"]).splits["train"]
+    generator = RationaleGenerator("cqa", ReplayTeacher(FIXTURES / "cqa_shared", "cqa", "train"),
+                                   tmp_path / "cache.jsonl", progress=False)
+    generator.run(records)
+    attached = attach_rationales(records, load_rationales(tmp_path / "cache.jsonl"))
+    assert [r["teacher_label"] for r in attached] == CQA_EXPECTED["train"]["teacher_label"]
+    assert [r["teacher_error"] for r in attached] == CQA_EXPECTED["train"]["teacher_error"]
+    assert attached[8]["teacher_raw_label"] is None and attached[5]["teacher_raw_label"] == "cockpit"
+    _, counts = select_examples(attached, TrainConfig(method="step-by-step", label_source="teacher"))
+    assert counts["dropped_no_teacher_label"] == {"unknown_label": 1, "no_answer": 1}
+    assert (counts["label_task"], counts["rationale_task"]) == (10, 10)

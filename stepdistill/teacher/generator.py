@@ -93,6 +93,7 @@ def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str,
             usable = record["status"] == "ok"
             update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
                           teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
+        update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
         out.append({**example, **update})
     return out
 
