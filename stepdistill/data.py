@@ -64,6 +64,13 @@ class TaskData:
     source: str
     valid_carved: dict[str, Any] | None = None  # {"from": "train", "size": n, "seed": s} when valid was carved
 
+    @property
+    def train_full_size(self) -> int | None:
+        """The size that train fractions refer to (``subsample(full_size=...)``): the complete public train split,
+        less the carved valid examples (the authors subsample the pool left after carving)."""
+        full = self.task.full_split_sizes.get("train")
+        return full - self.valid_carved["size"] if full is not None and self.valid_carved else full
+
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir``, else $STEPDISTILL_DATA_DIR, else ../shared/data next to the working directory."""

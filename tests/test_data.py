@@ -399,6 +399,7 @@ def test_load_carves_valid_from_train_where_the_task_has_none(tmp_path):
     data = load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official")
     assert list(data.splits) == ["train", "valid", "test"]
     assert data.valid_carved == {"from": "train", "size": 2, "seed": 0}  # 10%, rounded up
+    assert (full.train_full_size, data.train_full_size) == (9_741, 9_739)  # fractions of the pool left after carving
     pool, valid = carve_valid_split(full.splits["train"], 0.1, seed=0)
     assert [r["id"] for r in data.splits["valid"]] == [r["id"] for r in valid]
     assert [r["id"] for r in data.splits["train"]] == [r["id"] for r in pool]
