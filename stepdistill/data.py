@@ -23,7 +23,7 @@ from .sources import (HUB_SPLITS, SOURCES, SPLITS, DataError, Raw, TeacherOutput
 from .tasks import Task, get_task
 
 DATA_DIR_ENV = "STEPDISTILL_DATA_DIR"
-DEFAULT_CARVE = 0.1  # the authors carve 10% of train as valid where a dataset has no valid split
+DEFAULT_CARVE = 0.1  # the authors carve 10% of train as valid where a dataset has no valid split (seed 0)
 
 
 @dataclass
@@ -67,7 +67,8 @@ class TaskData:
     @property
     def train_full_size(self) -> int | None:
         """The size that train fractions refer to (``subsample(full_size=...)``): the complete public train split,
-        less the carved valid examples (the authors subsample the pool left after carving)."""
+        less the carved valid examples. (The authors subsample first and carve 10% of each subset: the same number
+        of training examples at a fraction.)"""
         full = self.task.full_split_sizes.get("train")
         return full - self.valid_carved["size"] if full is not None and self.valid_carved else full
 
