@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sources import (HUB_SPLITS, SOURCES, SPLITS, DataError, Raw, TeacherOutputs, _teacher_from_dir,  # noqa: F401
-                      read_jsonl)
+from .sources import HUB_SPLITS, SOURCES, SPLITS, DataError, Raw, TeacherOutputs, _teacher_from_dir, read_jsonl
 from .tasks import Task, get_task
+
+_REEXPORTED = (HUB_SPLITS, _teacher_from_dir, read_jsonl)  # still importable from here (the replay teacher's reader)
 
 DATA_DIR_ENV = "STEPDISTILL_DATA_DIR"
 DEFAULT_CARVE = 0.1  # the authors carve 10% of train as valid where a dataset has no valid split (seed 0)
@@ -224,7 +225,10 @@ def load_task_data(task: str | Task | dict[str, Any], data_dir: str | os.PathLik
                 raise DataError(f"{root or source}: no '{split}' split for task '{task.name}' (source '{source}')")
     valid_carved = None
     if carve and ("train" in out or load("train")):
-        out["train"], out["valid"] = carve_valid_split(out["train"], carve_valid, carve_seed)
+        try:
+            out["train"], out["valid"] = carve_valid_split(out["train"], carve_valid, carve_seed)
+        except ValueError as exc:
+            raise DataError(f"{root or source}: task '{task.name}' has no valid split to load: {exc}") from None
         reports["valid"] = split_report(task, out["valid"])
         reports["train"] = split_report(task, out["train"], reports["train"].teacher_without_example)
         valid_carved = {"from": "train", "size": len(out["valid"]), "seed": carve_seed}
@@ -238,7 +242,6 @@ def load_task_data(task: str | Task | dict[str, Any], data_dir: str | os.PathLik
     order = [split for split in SPLITS if split in out] + [split for split in out if split not in SPLITS]
     return TaskData(task=task, splits={s: out[s] for s in order}, report={s: reports[s] for s in order},
                     source=source, valid_carved=valid_carved)
-
 
 
 # -- subsampling -----------------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ def carve_valid_split(records: list[dict[str, Any]], size: float | int = DEFAULT
     """
     if isinstance(size, bool) or not isinstance(size, (int, float)):
         raise ValueError(f"valid size must be a fraction in (0, 1) or a count, got {size!r}")
-    count = math.ceil(size * len(records)) if isinstance(size, float) else size
+    count = math.ceil(round(size * len(records), 9)) if isinstance(size, float) else size  # 0.1 * 30 is 3, not 4
     if isinstance(size, float) and not 0 < size < 1:
         raise ValueError(f"valid fraction must be in (0, 1), got {size}")
     if not 1 <= count < len(records):

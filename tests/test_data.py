@@ -411,6 +411,8 @@ def test_load_carves_valid_from_train_where_the_task_has_none(tmp_path):
     assert list(only_valid.splits) == ["valid"] and only_valid.valid_carved == {"from": "train", "size": 3, "seed": 1}
     for split in ("train", "valid", "test"):
         make_local(tmp_path, split=split, gz=False)
+    with pytest.raises(DataError, match=r"task 'cqa' has no valid split to load: cannot carve 12 valid examples from 12"):
+        load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official", carve_valid=12)
     esnli = load_task_data("esnli", data_dir=tmp_path)  # has its own valid split: nothing carved
     assert esnli.valid_carved is None and [len(esnli.splits[s]) for s in ("train", "valid", "test")] == [3, 3, 3]
 
@@ -470,6 +472,7 @@ def test_carve_is_deterministic_and_sized():
     assert ids(carve_valid_split(CARVE_RECORDS, 5, seed=1)[1]) != set(CARVE_IDS)
     assert len(carve_valid_split(CARVE_RECORDS[:12], 0.1)[1]) == 2  # rounded up, as datasets' train_test_split
     assert len(carve_valid_split(CARVE_RECORDS, 250)[1]) == 250
+    assert len(carve_valid_split(CARVE_RECORDS[:30], 0.1)[1]) == 3  # not 4 from 0.1 * 30 = 3.0000000000000004
     for size, message in [(0, "cannot carve 0"), (1000, "cannot carve 1000 valid examples from 1000"),
                           (1.0, "valid fraction must be in \\(0, 1\\)"), ("10%", "a fraction in \\(0, 1\\) or a count")]:
         with pytest.raises(ValueError, match=message):
