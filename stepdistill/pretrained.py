@@ -83,11 +83,15 @@ def resolve_pretrained(name_or_path: str) -> str:
     if (target / DONE_FILE).is_file():
         return str(target)
     gguf_path = locate_gguf(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("converting %s to %s once (about 30 s)", gguf_path, target)
     # a temporary folder next to the target, renamed when complete: a killed or concurrent conversion never
     # leaves a half-written folder under the final name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name_or_path}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name_or_path}-", dir=target.parent))
+    except OSError as exc:
+        raise ValueError(f"cannot write the model cache {target.parent} ({exc.strerror}); set STEPDISTILL_CACHE "
+                         "to a writable folder") from None
     staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
     try:
         convert_gguf(gguf_path, staging)

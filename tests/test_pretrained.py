@@ -122,6 +122,14 @@ def test_converter_without_gguf_reader_says_how_to_install(tmp_path, monkeypatch
         pretrained.convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
 
 
+def test_an_unwritable_cache_is_one_clear_error(fake_smollm, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "file" / "cache"))  # below a file: cannot be created
+    with pytest.raises(ValueError, match=r"^cannot write the model cache .*/file/cache \(Not a directory\); "
+                                         r"set STEPDISTILL_CACHE to a writable folder$"):
+        resolve_pretrained("smollm2-135m")
+
+
 def test_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("STEPDISTILL_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
