@@ -267,3 +267,7 @@ def test_make_teacher_resolves_short_names(tmp_path, monkeypatch):
     reply = teacher.generate_sync([FEW_SHOT], GenerationParams(max_new_tokens=4))[0]
     assert teacher.path == str(tmp_path / "cache" / "smollm2-135m") and reply.completion_tokens > 0
     assert teacher.render("Q: x\nA:") == "<|user|>Q: x<|end|>\n<|assistant|>A:"  # the converted chat template
+    import stepdistill
+    from stepdistill.teacher import teachers
+
+    assert teachers.HFTeacher is stepdistill.HFTeacher is HFTeacher  # still importable from its old module
