@@ -5,9 +5,9 @@ Importing this package is cheap: torch/transformers load only when a local model
 
 from .generator import (CacheError, GenerationResult, RationaleGenerator, Summary, attach_rationales, format_summary,
                         load_rationales, merge_caches, read_cache)
+from .hf_teacher import HFTeacher
 from .prompts import PromptTemplate, load_template, template_for_task
-from .teachers import (GenerationParams, HFTeacher, OpenAITeacher, ReplayTeacher, Reply, Teacher, TeacherFatalError,
-                       make_teacher)
+from .teachers import GenerationParams, OpenAITeacher, ReplayTeacher, Reply, Teacher, TeacherFatalError, make_teacher
 
 __all__ = [
     "CacheError", "GenerationParams", "GenerationResult", "HFTeacher", "OpenAITeacher", "PromptTemplate",

@@ -343,114 +343,6 @@ def _timeout_or_dropped(exc: BaseException) -> str:
     return "timeout"
 
 
-# -- local Hugging Face causal LM ------------------------------------------------------------------------------
-
-def auto_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    positions = [text.find(s) for s in stop if s in text]
-    return (text[: min(positions)], True) if positions else (text, False)
-
-
-class HFTeacher(Teacher):
-    """A causal LM from a local folder (or hub name) through transformers: batched, left-padded generation.
-
-    Args:
-        path: Model folder or name for ``from_pretrained``.
-        device: ``auto`` (cuda, then mps, then cpu) or a torch device string.
-        batch_size: Prompts per generate call.
-        dtype: ``auto`` (bfloat16 on cuda, float32 elsewhere) or a torch dtype name.
-    """
-
-    kind = "hf"
-    max_concurrency = 1  # one batch at a time on the device
-
-    def __init__(self, path: str, device: str = "auto", batch_size: int = 8, dtype: str = "auto"):
-        self.path = str(path)
-        self.model = Path(self.path).name if Path(self.path).exists() else self.path
-        self.device_name = device
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self._model = self._tokenizer = None
-        self._stop_strings_work = True
-
-    def __repr__(self) -> str:
-        return f"HFTeacher(path={self.path!r}, device={self.device_name!r}, batch_size={self.batch_size})"
-
-    def _load(self):
-        if self._model is None:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            device = auto_device() if self.device_name == "auto" else self.device_name
-            if self.dtype == "auto":
-                dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            else:
-                dtype = getattr(torch, self.dtype)
-            tokenizer = AutoTokenizer.from_pretrained(self.path)
-            tokenizer.padding_side = "left"  # generation continues at the right edge of every row
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(device).eval()
-            self._model, self._tokenizer, self.device = model, tokenizer, device
-        return self._model, self._tokenizer
-
-    def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[Reply]:
-        import torch
-
-        model, tokenizer = self._load()
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        sampling = params.temperature > 0
-        options: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                                       num_return_sequences=params.n, pad_token_id=tokenizer.pad_token_id)
-        if sampling:
-            options.update(temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        if params.stop and self._stop_strings_work:
-            options.update(stop_strings=list(params.stop), tokenizer=tokenizer)
-        with torch.inference_mode():
-            try:
-                generated = model.generate(**encoded, **options)
-            except ValueError as exc:
-                if "stop_strings" not in options:
-                    raise
-                # transformers cannot map stop strings onto some vocabularies (e.g. whole-word ones): generate to
-                # the token limit and cut afterwards, which gives the same text, only slower
-                log.warning("stop strings unsupported by this tokenizer (%s); cutting after generation", exc)
-                self._stop_strings_work = False
-                del options["stop_strings"], options["tokenizer"]
-                generated = model.generate(**encoded, **options)
-        new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        replies = []
-        for i in range(len(prompts)):
-            reply = Reply(prompt_tokens=int(prompt_lengths[i]))
-            for row in new_tokens[i * params.n:(i + 1) * params.n]:
-                tokens = row.tolist()
-                ended = tokenizer.eos_token_id in tokens if tokenizer.eos_token_id is not None else False
-                if ended:
-                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-                text, stopped = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
-                reply.outputs.append(text)
-                reply.finish_reasons.append("stop" if stopped or ended else "length")
-                reply.completion_tokens += len(tokens)
-            replies.append(reply)
-        return replies
-
-    async def generate(self, prompts, ids, params):
-        return await asyncio.to_thread(self.generate_sync, prompts, params)
-
-
 # -- replay of released outputs --------------------------------------------------------------------------------
 
 class ReplayTeacher(Teacher):
@@ -501,14 +393,29 @@ class ReplayTeacher(Teacher):
 
 
 def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> Teacher:
-    """``openai:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's constructor."""
+    """``openai:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's constructor.
+
+    ``hf:`` takes a folder, a hub name or a short name of :mod:`stepdistill.pretrained` (``hf:smollm2-135m``);
+    its options are HFTeacher's: device, batch_size, dtype, prompt_format, system_prompt.
+    """
     kind, _, target = spec.partition(":")
     if not target:
         raise ValueError(f"teacher {spec!r}: expected openai:MODEL, hf:PATH or replay:DIR")
     if kind == "openai":
         return OpenAITeacher(target, **options)
     if kind == "hf":
-        return HFTeacher(target, **options)
+        from .hf_teacher import HFTeacher
+
+        return HFTeacher(target, **options)  # a short name (hf:smollm2-135m) is resolved when the model loads
     if kind == "replay":
         return ReplayTeacher(target, task, split)
     raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected openai:MODEL, hf:PATH or replay:DIR")
+
+
+def __getattr__(name: str):
+    # the local teacher lives in hf_teacher.py (which imports this module); still importable from here
+    if name in ("HFTeacher", "auto_device", "cut_at_stop"):
+        from . import hf_teacher
+
+        return getattr(hf_teacher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
