@@ -13,7 +13,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..student.config import META_FILE
 from ..student.predict import TrainedStudent, load_trained_student
@@ -116,7 +116,7 @@ def export_student(run_dir: str | Path, out: str | Path, quantize: str | None = 
     return out
 
 
-def export_command(run_dir: str, out: str, quantize: str | None = None, task: str | None = None,
+def export_command(run_dir: str, out: str, quantize: Literal["int8"] | None = None, task: str | None = None,
                    overwrite: bool = False) -> None:
     """Export a trained student as a standalone model folder that `predict` and `serve` load.
 

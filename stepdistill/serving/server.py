@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import signal
-from typing import Any
+from typing import Any, Literal
 
 from .batcher import DynamicBatcher, PredictionError
 from .protocol import RequestError, chat_body, completion_body, parse_chat, parse_completion, parse_predict
@@ -188,10 +188,12 @@ async def _serve_until_signal(app, host: str, port: int, name: str) -> None:
 
 def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 64,
                   max_wait_ms: float = 10.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                  max_inputs: int = DEFAULT_MAX_INPUTS, task: str | None = None, quantize: str | None = None,
+                  max_inputs: int = DEFAULT_MAX_INPUTS, task: str | None = None, quantize: Literal["int8"] | None = None,
                   model_name: str | None = None) -> None:
-    """Serve a trained student over HTTP: POST /predict, OpenAI-compatible /v1/completions and
-    /v1/chat/completions, GET /health. Concurrent requests are batched dynamically.
+    """Serve a trained student over HTTP, concurrent requests batched dynamically.
+
+    Routes: POST /predict, OpenAI-compatible POST /v1/completions and /v1/chat/completions, GET /health,
+    GET /v1/models. Bad requests get a 4xx JSON error naming the field.
 
     Args:
         run_dir: A run folder from `stepdistill train`, its model/ subfolder, or a `stepdistill export` folder.
