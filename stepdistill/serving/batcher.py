@@ -34,6 +34,10 @@ class BatchStats:
         self.sizes[size] = self.sizes.get(size, 0) + 1
 
 
+class QueueFull(Exception):
+    """More inputs are waiting than ``max_queue``: the caller should answer 503 rather than queue without bound."""
+
+
 class PredictionError(Exception):
     """``predict`` rejected this one input (e.g. a field the task cannot format); the others were answered."""
 
@@ -48,7 +52,8 @@ class _Item:
 class DynamicBatcher:
     """Queue of single inputs answered in batches by one worker task (start it inside the running loop)."""
 
-    def __init__(self, predict_fn: PredictFn, max_batch_size: int = 64, max_wait_ms: float = 10.0):
+    def __init__(self, predict_fn: PredictFn, max_batch_size: int = 64, max_wait_ms: float = 10.0,
+                 max_queue: int = 8192):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_wait_ms < 0:
@@ -56,6 +61,7 @@ class DynamicBatcher:
         self.predict_fn = predict_fn
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task | None = None
@@ -77,6 +83,8 @@ class DynamicBatcher:
         """One row per input, in order (a :class:`PredictionError` in place of an input ``predict`` rejected)."""
         if self._queue is None:
             raise RuntimeError("batcher not started")
+        if self._queue.qsize() + len(inputs) > self.max_queue:
+            raise QueueFull(f"{self._queue.qsize()} inputs already waiting (at most {self.max_queue})")
         loop = asyncio.get_running_loop()
         items = [_Item(value, rationales, loop.create_future()) for value in inputs]
         for item in items:

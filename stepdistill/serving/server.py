@@ -14,7 +14,7 @@ import logging
 import signal
 from typing import Any, Literal
 
-from .batcher import DynamicBatcher, PredictionError
+from .batcher import DynamicBatcher, PredictionError, QueueFull
 from .protocol import RequestError, chat_body, completion_body, parse_chat, parse_completion, parse_predict
 
 log = logging.getLogger("stepdistill.serving")
@@ -40,7 +40,10 @@ class StudentService:
 
     async def predict(self, inputs: list[Any], rationales: bool = False) -> list[dict[str, Any]]:
         """``predict``'s rows for these inputs (ids as ``predict`` gives them for this list), via the batcher."""
-        rows = await self.batcher.submit(inputs, rationales)
+        try:
+            rows = await self.batcher.submit(inputs, rationales)
+        except QueueFull as exc:
+            raise RequestError(f"server busy: {exc}; retry later", None, 503) from None
         for i, row in enumerate(rows):
             if isinstance(row, PredictionError):
                 raise RequestError(f"inputs[{i}]: {row}", f"inputs[{i}]")

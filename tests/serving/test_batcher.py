@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stepdistill.serving.batcher import DynamicBatcher, PredictionError
+from stepdistill.serving.batcher import DynamicBatcher, PredictionError, QueueFull
 
 
 class FakePredict:
@@ -102,6 +102,20 @@ def test_the_event_loop_stays_free_while_predict_runs():
 
     ticks, _ = _run(fake, go, max_batch_size=2, max_wait_ms=0)
     assert ticks >= 10  # about 50 ticks of 10 ms ran during the 0.5 s predict
+
+
+def test_a_full_queue_refuses_more_inputs():
+    fake = FakePredict(seconds=0.2)
+
+    async def go(batcher):
+        first = asyncio.create_task(batcher.submit(["a", "b", "c"]))
+        await asyncio.sleep(0)  # queued, not yet taken by the worker
+        with pytest.raises(QueueFull, match=r"3 inputs already waiting \(at most 4\)"):
+            await batcher.submit(["d", "e"])
+        return await first
+
+    rows, _ = _run(fake, go, max_batch_size=8, max_wait_ms=50, max_queue=4)
+    assert [row["prediction"] for row in rows] == ["A", "B", "C"]
 
 
 def test_bad_settings_are_refused():
