@@ -79,6 +79,7 @@ def load_for_serving(path: str | Path, task: Any = None, quantize: str | None = 
             raise ValueError(f"{path}: quantize must be one of {QUANTIZE_CHOICES}, got {wanted!r}")
         model = quantize_int8(model)
     student.model = model.eval()
+    student.meta = {**student.meta, "quantize": wanted}  # what was loaded, whichever asked for it
     return student
 
 

@@ -70,7 +70,7 @@ class StudentService:
         return {"status": "ok", "model": self.name, "task": task.name,
                 "labels": None if task.free_form else list(task.labels), "free_form": task.free_form,
                 "input_fields": list(task.input_fields), "method": meta.get("method"),
-                "quantize": meta.get("quantize"), "parameters": sum(p.numel() for p in self.student.model.parameters()),
+                "quantize": meta.get("quantize"),
                 "max_batch_size": self.batcher.max_batch_size, "max_wait_ms": self.batcher.max_wait * 1000,
                 "max_inputs": self.max_inputs,
                 "batches": {"count": stats.batches, "items": stats.items, "largest": stats.largest_batch}}
@@ -91,7 +91,9 @@ async def _read_json(request) -> Any:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise RequestError(f"body: more than {limit} bytes (--max-body-bytes)", "body", 413) from None
+        raw = None
+    if raw is None or len(raw) > limit:  # a chunked body has no Content-Length to check first
+        raise RequestError(f"body: more than {limit} bytes (--max-body-bytes)", "body", 413)
     if not raw:
         raise RequestError("body: empty; send a JSON object", "body")
     try:
@@ -148,8 +150,7 @@ def create_app(service: StudentService, max_body_bytes: int = DEFAULT_MAX_BODY_B
         yield
         await service.batcher.stop()
 
-    # a larger client_max_size than ours, so that _read_json answers oversized bodies itself (JSON, not text)
-    app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes + 1)
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
     app["max_body_bytes"] = max_body_bytes
     app.cleanup_ctx.append(batcher_lifetime)
     app.add_routes([web.post("/predict", predict), web.get("/health", health), web.get("/v1/models", models),

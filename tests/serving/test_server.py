@@ -40,6 +40,19 @@ async def _post_all(url: str, bodies: list) -> list[tuple[int, dict]]:
         return await asyncio.gather(*(one(body) for body in bodies))
 
 
+async def _post_chunked(url: str, data: bytes) -> tuple[int, dict]:
+    """A body without Content-Length (chunked transfer encoding)."""
+    import aiohttp
+
+    async def chunks():
+        for start in range(0, len(data), 500):
+            yield data[start:start + 500]
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(url, data=chunks()) as response:
+            return response.status, await response.json()
+
+
 def _get(url: str) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
@@ -106,6 +119,8 @@ def test_bad_requests_get_4xx_naming_the_field_and_the_server_stays_up(server):
     replies = asyncio.run(_post_all(url + "/predict", [body for body, _, _ in BAD_REQUESTS]))
     got = [(status, body["error"]["message"]) for status, body in replies]
     assert got == [(status, message) for _, status, message in BAD_REQUESTS], "\n".join(map(repr, got))
+    status, got = asyncio.run(_post_chunked(url + "/predict", b'{"inputs": ["' + b"red" * 1000 + b'"]}'))
+    assert (status, got["error"]["message"]) == (413, "body: more than 2000 bytes (--max-body-bytes)")
     status, got = _get(url + "/nowhere")
     assert status == 404 and got["error"]["message"] == "GET /nowhere: Not Found"
     status, got = _get(url + "/predict")
