@@ -15,6 +15,8 @@ def _commands() -> dict:
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
+    from .serving.export import export_command
+    from .serving.server import serve_command
 
     return {
         "data": data_command,
@@ -23,6 +25,8 @@ def _commands() -> dict:
         "train": train_command,
         "predict": predict_command,
         "demo": demo_command,
+        "serve": serve_command,
+        "export": export_command,
     }
 
 
