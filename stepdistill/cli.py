@@ -21,6 +21,7 @@ from jsonargparse import ArgumentParser
 def _commands() -> dict:
     from .data import data_command
     from .experiments import curve_command
+    from .experiment_file import run_command
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
@@ -31,6 +32,7 @@ def _commands() -> dict:
         "generate": generate_command,
         "train": train_command,
         "predict": predict_command,
+        "run": run_command,
         "demo": demo_command,
     }
 
@@ -90,6 +92,8 @@ def _option_groups(command) -> dict[str, str]:
 def _normalise(args: list[str], commands: dict) -> list[str]:
     """--data-dir -> --data_dir (jsonargparse names options after parameters), flat names -> their group."""
     groups = _option_groups(commands[args[0]]) if args and args[0] in commands else {}
+    if args[:1] == ["run"] and len(args) > 1 and not args[1].startswith("-"):
+        args = ["run", "--experiment", *args[1:]]  # `stepdistill run exp.yaml`
     out = []
     for arg in args:
         match = re.match(r"^--([a-z0-9_.-]+)(=.*)?$", arg)
