@@ -94,19 +94,24 @@ def predict(model_dir: str, input: str | None = None, input_file: str | None = N
     import jsonlines
 
     from ..options import load_data
+    from ..tasks import get_task
     from .predict import load_trained_student, predict as run_predict
 
     data = data or DataOptions()
     if sum(x is not None for x in (input, input_file, split)) != 1:
         raise ValueError("give exactly one of --input, --input-file or --split")
-    if not any((Path(model_dir) / sub / META_FILE).is_file() for sub in (".", "model")):
+    metas = [Path(model_dir) / sub / META_FILE for sub in (".", "model") if (Path(model_dir) / sub / META_FILE).is_file()]
+    if not metas:
         raise FileNotFoundError(f"{model_dir}: not a run folder of `stepdistill train` (no {META_FILE} in it or in "
                                 "its model/; option --model-dir)")
-    student = load_trained_student(model_dir, data.task)
+    task = data.task or json.loads(metas[0].read_text()).get("task")
+    if task == "arith-demo":
+        from .. import demo  # noqa: F401  (registers the demo task)
+    get_task(task)  # an unknown --task fails here, before the model loads
     gold: list = []
     items: list = []
     if split is not None:
-        loaded = load_data(replace(data, task=data.task or student.task.name), splits=[split])
+        loaded = load_data(replace(data, task=task), splits=[split])
         items = [record["fields"] for record in loaded.splits[split]]
         gold = [record["label"] for record in loaded.splits[split]]
     elif input is not None:
@@ -117,6 +122,7 @@ def predict(model_dir: str, input: str | None = None, input_file: str | None = N
             raise ValueError(f"option --input: malformed JSON: {exc.msg}") from None
     else:
         items = _read_inputs(input_file, data.fields or {})
+    student = load_trained_student(model_dir, data.task)
     rows = run_predict(student, items, rationales=rationales, batch_size=batch_size)
     for row, label in zip(rows, gold):
         row["gold"] = label
