@@ -21,7 +21,7 @@ from jsonargparse import ArgumentParser
 def _commands() -> dict:
     from .data import data_command
     from .experiments import curve_command
-    from .experiment_file import run_command
+    from .experiments.experiment_file import run_command
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command

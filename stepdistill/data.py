@@ -412,11 +412,10 @@ def format_report(data: TaskData, subset_of: dict[str, int] | None = None) -> st
 
 def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | None = None,
                  rationales: str | list[str] | None = None, json: bool = False) -> None:
-    """Load a task from a data source, optionally subsample the train split, and print what is there.
+    """Load a task from a data source and print what is there (flat names work: --task, --fraction).
 
     Prints counts per split, the label distribution, teacher-label agreement with gold and unusable teacher
-    outputs by reason; with --fraction/--count, the train figures are the subsample's own. Every option also
-    answers to its flat name (--task for --data.task, --fraction for --subset.fraction).
+    outputs by reason; with --fraction/--count, the train figures are the subsample's own.
 
     Args:
         data: Where the examples and teacher outputs come from.

@@ -497,11 +497,12 @@ def test_smoke_report_equals_aggregation_of_run_files(resumed_sweep):
 @pytest.mark.slow
 def test_report_only_rebuilds_the_same_report(resumed_sweep, capsys):
     from stepdistill.experiments import curve_command
+    from stepdistill.options import DataOptions
 
     out = resumed_sweep["out"]
     before = (out / "summary.csv").read_text()
     (out / "summary.csv").unlink()
-    curve_command("esnli", preset="smoke", data_dir=str(resumed_sweep["data_dir"]), out_dir=str(out),
+    curve_command(DataOptions(task="esnli", data_dir=str(resumed_sweep["data_dir"])), preset="smoke", out_dir=str(out),
                   report_only=True)
     assert (out / "summary.csv").read_text() == before
     assert "Runs finished: 8" in capsys.readouterr().out

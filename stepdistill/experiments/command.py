@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from ..options import DataOptions
 
 from ..tasks import get_task
 from .presets import get_preset
@@ -13,32 +15,35 @@ from .report import write_report
 from .sweep import run_sweep
 
 
-def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, out_dir: str | None = None,
-          source: str = "local", methods: list[str] | None = None, seeds: list[int] | None = None,
-          fractions: list[float] | None = None, max_steps: int | None = None, workers: int = 1,
-          report_only: bool = False) -> None:
-    """Run a data-efficiency sweep (fractions x methods x seeds) and write its report folder.
+def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = None,
+                  rationales: str | list[str] | None = None, methods: list[str] | None = None,
+                  seeds: list[int] | None = None, fractions: list[float] | None = None, max_steps: int | None = None,
+                  valid_size: int | Literal["all"] | None = None, workers: int = 1, report_only: bool = False) -> None:
+    """Sweep fractions x methods x seeds and write a report folder (flat names work: --task, --data-dir).
 
     The folder holds summary.csv, summary.md (table), curve_*.png (plots), report.json and runs/ (one folder per
     run with its results.json and config.json). Rerunning the same command resumes: finished runs are kept.
 
     Args:
-        task: Task name (esnli, anli1, ...), task spec .json or file.py:Class.
+        data: Where the examples and teacher outputs come from (the options of `stepdistill data`).
         preset: smoke, cpu, cpu-pretrained, paper, or a preset .json file (fields of stepdistill.experiments.Preset).
-        data_dir: Data folder (default: $STEPDISTILL_DATA_DIR, else ../shared/data).
         out_dir: Report folder (default: reports/<task>-<preset>).
-        source: Data source: local, official, hub, jsonl or csv (see `stepdistill data`).
+        rationales: `stepdistill generate` caches (paths or globs) whose teacher outputs replace the data's own
+            for the train split, joined by id (examples they lack count as missing).
         methods: Subset of standard-finetune, standard-distill, step-by-step-gold, step-by-step-teacher.
         seeds: Seeds to run instead of the preset's.
         fractions: Fractions of the full training split to run instead of the preset's.
         max_steps: Training steps per run instead of the preset's.
+        valid_size: Validation subset (fixed, seed 0) instead of the preset's: a number of examples, or all.
         workers: Runs trained at once, each in its own process (on CPUs: about one per core; each uses the preset's
             torch threads, 1 when it sets none).
         report_only: Only rebuild the report from the finished runs; train nothing.
     """
-    from ..data import load_task_data
+    from ..options import load_data
 
-    task_obj = get_task(task)
+    task_obj = get_task(data.task) if data.task else None
+    loaded = load_data(data, rationales=rationales)
+    task_obj = task_obj or loaded.task
     chosen = get_preset(preset).for_task(task_obj)  # the command line's overrides below win
     overrides: dict[str, Any] = {}
     if methods:
@@ -49,13 +54,16 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
         overrides["fractions"] = {task_obj.name: tuple(fractions)}
     if max_steps:
         overrides["max_steps"] = max_steps
+    if valid_size is not None:
+        if valid_size != "all" and valid_size < 1:
+            raise ValueError(f"option --valid-size: must be a positive number or all, got {valid_size}")
+        overrides["valid_size"] = None if valid_size == "all" else valid_size
     chosen = replace(chosen, **overrides)
     out = Path(out_dir) if out_dir else Path("reports") / f"{task_obj.name}-{chosen.name}"
-    data = load_task_data(task_obj, data_dir=data_dir, source=source)
     started = time.perf_counter()
     if not report_only:
-        run_sweep(task_obj, data.splits, chosen, out, workers=workers)
-    report = write_report(task_obj, chosen, out, splits=data.splits,
+        run_sweep(task_obj, loaded.splits, chosen, out, workers=workers)
+    report = write_report(task_obj, chosen, out, splits=loaded.splits,
                           sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1))
     print((out / "summary.md").read_text())
     print(f"report: {out}  ({len(report['rows'])} rows; {', '.join(report['info']['plots'].values())})")

@@ -15,10 +15,11 @@ from .config import META_FILE, TrainConfig
 def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: TrainConfig,
           rationales: str | list[str] | None = None, valid_size: int | Literal["all"] = 1000,
           test_size: int | Literal["all"] = "all") -> dict:
-    """Train a student on a task's train split (optionally subsampled), select on valid, score test once.
+    """Train a student on a train split, select on valid, score test once (flat names work: --max-steps, --task).
 
-    Every option below also answers to its flat name: --max-steps for --student.max_steps, --task for
-    --data.task, --fraction for --subset.fraction. Launch with `accelerate launch -m stepdistill.cli train ...` or
+    Every --group.option also answers to its flat name: --max-steps for --student.max_steps, --task for --data.task.
+
+    Launch with `accelerate launch -m stepdistill.cli train ...` or
     `torchrun` for several devices: the global batch stays --batch-size.
 
     Args:
@@ -71,14 +72,14 @@ def _fixed_subset(records: list[dict], size: int | str, option: str) -> list[dic
     return subsample(records, count=size, seed=0)
 
 
-def predict(model_dir: str, input: str | None = None, input_file: str | None = None, data: DataOptions | None = None,
+def predict(model_dir: str, data: DataOptions, input: str | None = None, input_file: str | None = None,
             split: str | None = None, output_file: str | None = None, rationales: bool = False,
             batch_size: int = 64) -> None:
-    """Predict labels (and rationales) with a trained student.
+    """Predict labels (and rationales) with a trained student (flat names work: --task, --fields).
 
     Inputs: one --input, an --input-file (JSON Lines or .csv, columns renamed with --fields), or a whole --split
     of a task's data from any source (the options of `stepdistill data`; rows then carry their gold label). The task
-    is the one saved with the model unless --task names another. Flat names work: --task for --data.task.
+    is the one saved with the model unless --task names another.
 
     Args:
         model_dir: A run folder from `stepdistill train` (or its model/ subfolder).
@@ -97,7 +98,6 @@ def predict(model_dir: str, input: str | None = None, input_file: str | None = N
     from ..tasks import get_task
     from .predict import load_trained_student, predict as run_predict
 
-    data = data or DataOptions()
     if sum(x is not None for x in (input, input_file, split)) != 1:
         raise ValueError("give exactly one of --input, --input-file or --split")
     metas = [Path(model_dir) / sub / META_FILE for sub in (".", "model") if (Path(model_dir) / sub / META_FILE).is_file()]

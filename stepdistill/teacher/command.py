@@ -18,13 +18,13 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                      prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
                      filter_gold: bool = False, retry_failed: bool = False, merge: str | None = None,
                      summary_json: str | None = None, progress: bool = True) -> None:
-    """Prompt a teacher for a rationale and label per example; resumable (a rerun sends nothing for cached work).
+    """Ask a teacher for a rationale and label per example, resumably (flat names work: --task, --data-dir).
+
+    A rerun sends nothing for cached work.
 
     Prints a progress bar (done, cached, failed, tokens, cost) and a summary: parse failures by reason, request
-    failures by reason and teacher-label agreement with gold.
-
-    Every data option also answers to its flat name (--task for --data.task). Exits with an error when no
-    usable rationale came out (every request or parse failed), saying how many failed and why.
+    failures by reason and teacher-label agreement with gold. Exits with an error when no usable rationale came
+    out (every request or parse failed), saying how many failed and why.
 
     Args:
         data: Where the examples come from (the same options as ``stepdistill data``).

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .options import DataOptions
+from ..options import DataOptions
+from .presets import Preset, get_preset
+from .report import write_report
+from .sweep import run_sweep
 
 NEEDS_NO_TEACHER = ("standard-finetune",)  # sweep methods that read no teacher output
 
@@ -90,6 +93,12 @@ def load_experiment(path: str | Path) -> Experiment:
     data = _build(DataOptions, raw.pop("data", {}) or {}, f"{path}: field 'data'")
     raw["data"] = replace(data, task=raw["task"])
     experiment = _build(Experiment, raw, str(path))
+    unknown = sorted(set(experiment.sweep) - set(Preset.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{path}: field 'sweep': unknown preset field(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(Preset.__dataclass_fields__))}")
+    if not isinstance(experiment.workers, int) or experiment.workers < 1:
+        raise ValueError(f"{path}: field 'workers': expected a positive integer, got {experiment.workers!r}")
     if experiment.out_dir is None:
         experiment.out_dir = str(Path("reports") / path.stem)
     return experiment
@@ -97,14 +106,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def sweep_preset(experiment: Experiment, task):
     """The base preset with the experiment's overrides, for ``task``."""
-    from .experiments import Preset, get_preset
-
     preset = get_preset(experiment.preset).for_task(task)
     overrides = dict(experiment.sweep)
-    unknown = sorted(set(overrides) - set(Preset.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"field 'sweep': unknown preset field(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(Preset.__dataclass_fields__))}")
     for key in ("methods", "seeds"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
@@ -116,8 +119,8 @@ def sweep_preset(experiment: Experiment, task):
 def examples_to_generate(task, train: list[dict], preset) -> list[dict]:
     """The training examples some run of the sweep trains on: per seed, the largest fraction's subset (every smaller
     fraction's subset lies inside it); none when no method reads teacher outputs."""
-    from .data import subsample
-    from .experiments import check_fractions
+    from ..data import subsample
+    from .sweep import check_fractions
 
     if all(method in NEEDS_NO_TEACHER for method in preset.methods):
         return []
@@ -132,10 +135,9 @@ def examples_to_generate(task, train: list[dict], preset) -> list[dict]:
 
 def run_experiment(experiment: Experiment, echo=print) -> dict[str, Any]:
     """Generate the missing rationales the sweep needs, run the sweep, write the report; returns the report."""
-    from .experiments import run_sweep, write_report
-    from .options import load_data
-    from .rationales import attach_rationales, load_rationales
-    from .teacher import GenerationParams, RationaleGenerator, format_summary, make_teacher
+    from ..options import load_data
+    from ..rationales import attach_rationales, load_rationales
+    from ..teacher import GenerationParams, RationaleGenerator, format_summary, make_teacher
 
     started = time.perf_counter()
     data = load_data(experiment.data)
@@ -181,8 +183,7 @@ def run_command(experiment: str, report_only: bool = False) -> None:
         experiment: The experiment file (`stepdistill run exp.yaml`).
         report_only: Only rebuild the report from the finished runs.
     """
-    from .experiments import write_report
-    from .options import load_data
+    from ..options import load_data
 
     spec = load_experiment(experiment)
     started = time.perf_counter()
