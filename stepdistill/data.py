@@ -1,47 +1,31 @@
-"""Data sources for a task, joined with teacher outputs, and nested subsampling for data-efficiency curves.
-
-Sources:
-- ``local``: a folder in the layout of ``../shared/data``: ``{split}.jsonl[.gz]`` examples and
-  ``palm_{split}.jsonl[.gz]`` teacher outputs (``{"id", "output"}``), joined by ``id``.
-- ``official``: the distilling-step-by-step ``datasets/{task}`` layout: ``{task}_{split}.json`` (JSON Lines) and
-  ``llm/{split}_CoT_{i}.json`` chunks (JSON arrays), concatenated in index order and joined by position.
-- ``hub``: ``datasets.load_dataset`` (e.g. ``esnli``, ``anli``), with teacher outputs from ``teacher_dir``
-  (either of the layouts above).
-- ``jsonl`` / ``csv``: a user's files, one per split, with configurable field names.
+"""A task's data: examples from a source (see ``stepdistill.sources``) joined with teacher outputs, validated;
+a valid split carved from train where a task has none; nested subsampling for data-efficiency curves.
 
 Every record is a plain dict: ``id``, ``input``, ``label``, ``choices``, ``teacher_output``, ``rationale``,
-``teacher_label``, ``teacher_error`` (None when the teacher output parsed) and ``fields`` (the raw example).
-Examples without a usable teacher output are kept, marked and counted by reason; nothing is blanked.
+``teacher_label`` (a valid label or None, so an invalid one never becomes a training target),
+``teacher_raw_label`` (the label text as parsed, valid or not), ``teacher_error`` (None when the teacher output
+parsed) and ``fields`` (the example). Examples without a usable teacher output are kept, marked and counted by
+reason; nothing is blanked.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import json
+import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-import jsonlines
+from typing import Any
 
 from .options import DataOptions, SubsetOptions  # the data command's options (options.py imports data lazily)
+from .sources import HUB_SPLITS, SOURCES, SPLITS, DataError, Raw, TeacherOutputs, _teacher_from_dir, read_jsonl
 from .tasks import Task, get_task
 
-SPLITS = ("train", "valid", "test")
-HUB_SPLITS = {  # our split name -> the hub dataset's split name
-    "esnli": ("esnli", {"train": "train", "valid": "validation", "test": "test"}),
-    "anli1": ("anli", {"train": "train_r1", "valid": "dev_r1", "test": "test_r1"}),
-}
+_REEXPORTED = (HUB_SPLITS, _teacher_from_dir, read_jsonl)  # still importable from here (the replay teacher's reader)
+
 DATA_DIR_ENV = "STEPDISTILL_DATA_DIR"
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
+DEFAULT_CARVE = 0.1  # the authors carve 10% of train as valid where a dataset has no valid split (seed 0)
 
 
 @dataclass
@@ -50,12 +34,17 @@ class SplitReport:
     labels: Counter = field(default_factory=Counter)
     teacher_ok: int = 0
     teacher_failures: Counter = field(default_factory=Counter)  # reason -> count ("missing", "no_answer", ...)
-    teacher_agree: int = 0  # teacher label == gold label
+    teacher_agree: int = 0  # teacher label == gold label by the task's rule (normalised text; equations by value)
+    teacher_agree_exact: int = 0  # the parsed label text == the gold label text (the authors' rule)
     teacher_without_example: int = 0  # outputs for examples of the full split that are not available locally
 
     @property
     def agreement(self) -> float:
         return self.teacher_agree / self.examples if self.examples else 0.0
+
+    @property
+    def agreement_exact(self) -> float:
+        return self.teacher_agree_exact / self.examples if self.examples else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +53,7 @@ class SplitReport:
             "teacher_ok": self.teacher_ok,
             "teacher_failures": dict(self.teacher_failures.most_common()),
             "teacher_label_agreement": round(self.agreement, 6),
+            "teacher_label_agreement_exact": round(self.agreement_exact, 6),
             "teacher_without_example": self.teacher_without_example,
         }
 
@@ -74,40 +64,15 @@ class TaskData:
     splits: dict[str, list[dict[str, Any]]]
     report: dict[str, SplitReport]
     source: str
+    valid_carved: dict[str, Any] | None = None  # {"from": "train", "size": n, "seed": s} when valid was carved
 
-
-# -- reading files ---------------------------------------------------------------------------------------------
-
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        with open(path, "rb") as raw:
-            if raw.read(2) != b"\x1f\x8b":
-                raise DataError(f"{path}: not a gzip file (the name ends in .gz but the content is not gzip)")
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each line; errors name the file and line."""
-    with _open_text(path) as handle:
-        reader = jsonlines.Reader(handle)
-        try:
-            for lineno, obj in enumerate(reader, start=1):
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except jsonlines.InvalidLineError as exc:
-            raise DataError(f"{path}: line {exc.lineno}: malformed JSON: {exc}") from None
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: unreadable: {exc}") from None
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in (".jsonl.gz", ".jsonl", ".json.gz", ".json"):
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.exists():
-            return candidate
-    return None
+    @property
+    def train_full_size(self) -> int | None:
+        """The size that train fractions refer to (``subsample(full_size=...)``): the complete public train split,
+        less the carved valid examples. (The authors subsample first and carve 10% of each subset: the same number
+        of training examples at a fraction.)"""
+        full = self.task.full_split_sizes.get("train")
+        return full - self.valid_carved["size"] if full is not None and self.valid_carved else full
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -116,173 +81,77 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(chosen).expanduser()
 
 
-# -- raw examples and teacher outputs per source ---------------------------------------------------------------
-
-@dataclass
-class _Raw:
-    examples: list[tuple[str, dict[str, Any]]]  # (where: "file: line N", example)
-    teacher: dict[str, tuple[str, str]] | None  # id -> (where, output); None when the source has none
-    teacher_file: str = ""
-    path: str = ""  # where the examples came from, for messages
-
-
-def _task_folder(root: Path, task: Task, stem: str) -> Path:
-    """Accept either the data root (holding a folder per task) or the task's folder itself."""
-    if (root / task.name).is_dir() and _find(root / task.name, stem):
-        return root / task.name
-    return root
-
-
-def _teacher_by_id(path: Path, id_field: str = "id", output_field: str = "output") -> dict[str, tuple[str, str]]:
-    outputs: dict[str, tuple[str, str]] = {}
-    for lineno, obj in read_jsonl(path):
-        for name in (id_field, output_field):
-            if name not in obj:
-                raise DataError(f"{path}: line {lineno}: missing field '{name}'")
-        if not isinstance(obj[output_field], str):
-            raise DataError(f"{path}: line {lineno}: field '{output_field}' must be a string")
-        key = str(obj[id_field])
-        if key in outputs:
-            raise DataError(f"{path}: line {lineno}: field '{id_field}': duplicate teacher output id {key} (first at {outputs[key][0]})")
-        outputs[key] = (f"{path}: line {lineno}", obj[output_field])
-    return outputs
-
-
-def _teacher_by_position(folder: Path, split: str) -> tuple[dict[str, tuple[str, str]], str] | None:
-    """Official ``{split}_CoT_{i}.json`` chunks, concatenated in index order; output i is example i."""
-    chunks = sorted(folder.glob(f"{split}_CoT_*.json"), key=lambda p: int(re.findall(r"_(\d+)\.json$", p.name)[0]))
-    if not chunks:
-        return None
-    outputs: dict[str, tuple[str, str]] = {}
-    for expected_index, chunk in enumerate(chunks):
-        if not chunk.name.endswith(f"_CoT_{expected_index}.json"):
-            raise DataError(f"{chunk}: chunk files must be numbered 0, 1, 2, ... without gaps; expected index {expected_index}")
-        try:
-            items = json.loads(chunk.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{chunk}: line {exc.lineno}: malformed JSON: {exc.msg}") from None
-        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-            raise DataError(f"{chunk}: expected a JSON array of strings (teacher outputs)")
-        for offset, text in enumerate(items):
-            outputs[str(len(outputs))] = (f"{chunk}: item {offset}", text)
-    return outputs, str(chunks[0].parent / f"{split}_CoT_*.json")
-
-
-def _teacher_from_dir(folder: Path, split: str) -> tuple[dict[str, tuple[str, str]] | None, str]:
-    palm = _find(folder, f"palm_{split}")
-    if palm:
-        return _teacher_by_id(palm), str(palm)
-    for candidate in (folder / "llm", folder):
-        positional = _teacher_by_position(candidate, split)
-        if positional:
-            return positional
-    return None, ""
-
-
-def _raw_local(task: Task, root: Path, split: str, **_: Any) -> _Raw | None:
-    folder = _task_folder(root, task, split)
-    path = _find(folder, split)
-    if path is None:
-        return None
-    examples = [(f"{path}: line {lineno}", obj) for lineno, obj in read_jsonl(path)]
-    teacher, teacher_file = _teacher_from_dir(folder, split)
-    return _Raw(examples, teacher, teacher_file, str(path))
-
-
-def _raw_official(task: Task, root: Path, split: str, **_: Any) -> _Raw | None:
-    folder = root / task.name if (root / task.name).is_dir() else root
-    path = folder / f"{task.name}_{split}.json"
-    if not path.exists():
-        return None
-    examples = []
-    for lineno, obj in read_jsonl(path):
-        obj.setdefault("id", lineno - 1)  # the official files carry no id: position in the split
-        examples.append((f"{path}: line {lineno}", obj))
-    positional = _teacher_by_position(folder / "llm", split)
-    teacher, teacher_file = positional if positional else (None, "")
-    return _Raw(examples, teacher, teacher_file, str(path))
-
-
-def _raw_hub(task: Task, root: Path | None, split: str, hub_name: str | None = None,
-             teacher_dir: str | None = None, **_: Any) -> _Raw | None:
-    import datasets  # heavy import, only for this source
-
-    default_name, split_map = HUB_SPLITS.get(task.name, (task.name, {s: s for s in SPLITS}))
-    name = hub_name or default_name
-    dataset_dict = datasets.load_dataset(name)
-    hub_split = split_map.get(split, split)
-    if hub_split not in dataset_dict:
-        return None
-    dataset = dataset_dict[hub_split]
-    label_names = None
-    feature = dataset.features.get(task.label_field)
-    if isinstance(feature, datasets.ClassLabel):
-        label_names = feature.names
-    examples = []
-    for position, row in enumerate(dataset):
-        row = dict(row)
-        row.setdefault("id", position)
-        if label_names is not None and isinstance(row.get(task.label_field), int) and row[task.label_field] >= 0:
-            row[task.label_field] = label_names[row[task.label_field]]
-        examples.append((f"{name}[{hub_split}]: row {position}", row))
-    teacher, teacher_file = _teacher_from_dir(Path(teacher_dir), split) if teacher_dir else (None, "")
-    return _Raw(examples, teacher, teacher_file, f"{name}[{hub_split}]")
-
-
-def _raw_user(task: Task, root: Path | None, split: str, files: dict[str, str] | None = None,
-              teacher_files: dict[str, str] | None = None, fields: dict[str, str] | None = None,
-              teacher_field: str | None = None, **_: Any) -> _Raw | None:
-    if not files or split not in files:
-        return None
-    path = Path(files[split])
-    if not path.exists():
-        raise DataError(f"{path}: file not found (split '{split}')")
-    rename = {column: ours for ours, column in (fields or {}).items()}  # file column -> task field
-    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
-        with _open_text(path) as handle:
-            rows = [(f"{path}: line {i + 2}", row) for i, row in enumerate(csv.DictReader(handle))]
-    else:
-        rows = [(f"{path}: line {lineno}", obj) for lineno, obj in read_jsonl(path)]
-    examples, teacher = [], {} if teacher_field else None
-    for position, (where, row) in enumerate(rows):
-        row = {rename.get(key, key): value for key, value in row.items()}
-        row.setdefault(task.id_field, position)
-        if teacher_field and row.get(teacher_field) not in (None, ""):
-            teacher[str(row[task.id_field])] = (where, str(row[teacher_field]))
-        examples.append((where, row))
-    teacher_file = str(path) if teacher_field else ""
-    if teacher_files and split in teacher_files:
-        teacher, teacher_file = _teacher_by_id(Path(teacher_files[split])), teacher_files[split]
-    return _Raw(examples, teacher, teacher_file, str(path))
-
-
-_SOURCES = {"local": _raw_local, "official": _raw_official, "hub": _raw_hub, "jsonl": _raw_user, "csv": _raw_user}
-
-
 # -- building records ------------------------------------------------------------------------------------------
 
-def _build_records(task: Task, split: str, raw: _Raw) -> tuple[list[dict[str, Any]], SplitReport]:
-    report = SplitReport()
-    records = []
-    seen: set[str] = set()
-    for where, example in raw.examples:
+def _prepared(task: Task, raw: Raw) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, id, example) in file order, mapped onto the task's fields, ids checked."""
+    out, seen = [], {}
+    for position, (where, example) in enumerate(raw.examples):
+        try:
+            example = task.prepare_example(example)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if task.id_field not in example and raw.position_ids:
+            example = {**example, task.id_field: position}  # files without ids: the position in the split
         if task.id_field not in example:
             raise DataError(f"{where}: missing field '{task.id_field}'")
         example_id = str(example[task.id_field])
         if example_id in seen:
-            raise DataError(f"{where}: field '{task.id_field}': duplicate id {example_id}")
-        seen.add(example_id)
-        for name in (*task.input_fields, task.label_field):
-            if name not in example or example[name] is None:
-                raise DataError(f"{where}: missing field '{name}'")
-        raw_label = example[task.label_field]
-        if isinstance(raw_label, int) and not isinstance(raw_label, bool) and task.labels and 0 <= raw_label < len(task.labels):
-            raw_label = task.labels[raw_label]
-        label = task.canonical_label(str(raw_label), example)
-        if label is None:
-            expected = task.labels or task.choices(example)
-            hint = f" (expected one of: {', '.join(expected)})" if expected else ""
-            raise DataError(f"{where}: field '{task.label_field}': unknown label {raw_label!r}{hint}")
+            raise DataError(f"{where}: field '{task.id_field}': duplicate id {example_id} (first at {seen[example_id]})")
+        seen[example_id] = where
+        out.append((where, example_id, example))
+    return out
+
+
+def _outputs_by_id(teacher: TeacherOutputs, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Teacher outputs keyed by example id; positional outputs take the id of the example at their position."""
+    if not teacher.by_position:
+        return teacher.outputs
+    return {(ids[int(key)] if int(key) < len(ids) else key): value for key, value in teacher.outputs.items()}
+
+
+def _gold_text(task: Task, example: dict[str, Any]) -> str:
+    """The gold label as the file spells it (integer class labels by name)."""
+    raw_label = example[task.label_field]
+    if isinstance(raw_label, int) and not isinstance(raw_label, bool) and task.labels and 0 <= raw_label < len(task.labels):
+        return task.labels[raw_label]
+    return str(raw_label)
+
+
+def _gold_label(task: Task, example: dict[str, Any], where: str) -> str:
+    """The gold label as the task spells it."""
+    for name in (*task.input_fields, task.label_field):
+        if name not in example or example[name] is None:
+            raise DataError(f"{where}: missing field '{name}'")
+    label = task.canonical_label(_gold_text(task, example), example)
+    if label is None:
+        expected = task.labels or task.choices(example)
+        hint = f" (expected one of: {', '.join(expected)})" if expected else ""
+        raise DataError(f"{where}: field '{task.label_field}': unknown label {example[task.label_field]!r}{hint}")
+    return label
+
+
+def split_report(task: Task, records: list[dict[str, Any]], teacher_without_example: int = 0) -> SplitReport:
+    """Counts over a split's records (labels, usable teacher outputs, failures by reason, agreement with gold)."""
+    report = SplitReport(examples=len(records), teacher_without_example=teacher_without_example)
+    for record in records:
+        report.labels[record["label"]] += 1
+        if record["teacher_error"] is None:
+            report.teacher_ok += 1
+        else:
+            report.teacher_failures[record["teacher_error"]] += 1
+        if record["teacher_label"] is not None and task.is_correct(record["teacher_label"], record["label"], record["fields"]):
+            report.teacher_agree += 1
+        report.teacher_agree_exact += record["teacher_raw_label"] == _gold_text(task, record["fields"])
+    return report
+
+
+def _build_records(task: Task, split: str, raw: Raw) -> tuple[list[dict[str, Any]], SplitReport]:
+    records = []
+    examples = _prepared(task, raw)
+    outputs = _outputs_by_id(raw.teacher, [example_id for _, example_id, _ in examples]) if raw.teacher else None
+    for where, example_id, example in examples:
+        label = _gold_label(task, example, where)  # checks the fields first
         record: dict[str, Any] = {
             "id": example_id,
             "input": task.format_input(example),
@@ -291,74 +160,98 @@ def _build_records(task: Task, split: str, raw: _Raw) -> tuple[list[dict[str, An
             "teacher_output": None,
             "rationale": None,
             "teacher_label": None,
-            "teacher_error": None,
+            "teacher_raw_label": None,
+            "teacher_error": "missing",
             "fields": example,
         }
-        if raw.teacher is not None and example_id in raw.teacher:
-            record["teacher_output"] = raw.teacher[example_id][1]
+        if outputs is not None and example_id in outputs:
+            record["teacher_output"] = outputs[example_id][1]
             parsed = task.parse_teacher(record["teacher_output"], example)
-            record.update(rationale=parsed.rationale, teacher_label=parsed.label, teacher_error=parsed.error)
-        else:
-            record["teacher_error"] = "missing"
-        if record["teacher_error"] is None:
-            report.teacher_ok += 1
-        else:
-            report.teacher_failures[record["teacher_error"]] += 1
-        if record["teacher_label"] is not None and task.is_correct(record["teacher_label"], label, example):
-            report.teacher_agree += 1
-        report.labels[label] += 1
+            record.update(rationale=parsed.rationale, teacher_label=parsed.label, teacher_raw_label=parsed.raw_label,
+                          teacher_error=parsed.error)
         records.append(record)
-    report.examples = len(records)
 
-    if raw.teacher is not None:
+    without_example = 0
+    if outputs is not None:
         full_size = task.full_split_sizes.get(split)
-        for teacher_id, (where, _) in raw.teacher.items():
+        seen = {record["id"] for record in records}
+        for teacher_id, (where, _) in outputs.items():
             if teacher_id in seen:
                 continue
             # Outputs for examples that exist in the full public split but not locally are expected (counted);
             # any other id is a misalignment.
             if full_size is not None and teacher_id.isdigit() and int(teacher_id) < full_size:
-                report.teacher_without_example += 1
+                without_example += 1
             else:
                 raise DataError(f"{where}: field 'id': teacher output id {teacher_id} matches no example of split '{split}'")
-    return records, report
+    return records, split_report(task, records, without_example)
 
 
-def load_task_data(task: str | Task, data_dir: str | os.PathLike | None = None, source: str = "local",
-                   splits: tuple[str, ...] | list[str] | None = None, **options: Any) -> TaskData:
+def load_task_data(task: str | Task | dict[str, Any], data_dir: str | os.PathLike | None = None,
+                   source: str = "local", splits: tuple[str, ...] | list[str] | None = None,
+                   carve_valid: float | int | None = DEFAULT_CARVE, carve_seed: int = 0, **options: Any) -> TaskData:
     """Load a task's splits from a source, join teacher outputs and validate every example.
 
-    ``splits=None`` loads the splits that exist. ``options`` go to the source: ``hub_name``, ``teacher_dir`` (hub);
-    ``files``, ``teacher_files``, ``fields`` ({task field: file column}), ``teacher_field`` (jsonl/csv).
+    ``splits=None`` loads the splits that exist. Where valid is wanted (``splits=None`` or listing it) but the
+    source has none, ``carve_valid`` (a fraction of train, or a count; None: do not carve) examples are carved
+    from train by :func:`carve_valid_split`; train is then the remaining pool and ``TaskData.valid_carved`` says
+    so. ``splits=["train"]`` alone never carves (the full train split, e.g. for the teacher). ``options`` go to
+    the source: ``hub_name``, ``teacher_dir`` (hub); ``files``, ``teacher_files``, ``fields`` ({task field: file
+    column}), ``teacher_field`` (jsonl/csv).
     """
     task = get_task(task)
-    if source not in _SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose from {', '.join(_SOURCES)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     root = resolve_data_dir(data_dir) if source in ("local", "official") else (Path(data_dir) if data_dir else None)
     if root is not None and not root.exists():
         raise DataError(f"{root}: data folder not found (set --data-dir or ${DATA_DIR_ENV})")
-    wanted = list(splits) if splits else list(options.get("files") or SPLITS)
+    wanted = list(splits) if splits else list(dict.fromkeys([*SPLITS, *(options.get("files") or {})]))
     out, reports = {}, {}
-    for split in wanted:
-        raw = _SOURCES[source](task, root, split, **options)
+
+    def load(split: str) -> bool:
+        raw = SOURCES[source](task, root, split, **options)
         if raw is None:
-            if splits:
-                raise DataError(f"{root or source}: no '{split}' split for task '{task.name}' (source '{source}')")
-            continue
+            return False
         if not raw.examples:
             raise DataError(f"{raw.path}: split '{split}' has no examples")
         out[split], reports[split] = _build_records(task, split, raw)
+        return True
+
+    carve = False
+    for split in wanted:
+        if not load(split):
+            if split == "valid" and carve_valid is not None:
+                carve = True
+            elif splits:
+                raise DataError(f"{root or source}: no '{split}' split for task '{task.name}' (source '{source}')")
+    valid_carved = None
+    if carve and ("train" in out or load("train")):
+        try:
+            out["train"], out["valid"] = carve_valid_split(out["train"], carve_valid, carve_seed)
+        except ValueError as exc:
+            raise DataError(f"{root or source}: task '{task.name}' has no valid split to load: {exc}") from None
+        reports["valid"] = split_report(task, out["valid"])
+        reports["train"] = split_report(task, out["train"], reports["train"].teacher_without_example)
+        valid_carved = {"from": "train", "size": len(out["valid"]), "seed": carve_seed}
+        if splits and "train" not in splits:
+            del out["train"], reports["train"]
+    elif carve and splits:
+        raise DataError(f"{root or source}: no 'valid' split for task '{task.name}' (source '{source}') and no "
+                        "train split to carve one from")
     if not out:
         raise DataError(f"{root or source}: no split of task '{task.name}' found (source '{source}')")
-    return TaskData(task=task, splits=out, report=reports, source=source)
+    order = [split for split in SPLITS if split in out] + [split for split in out if split not in SPLITS]
+    return TaskData(task=task, splits={s: out[s] for s in order}, report={s: reports[s] for s in order},
+                    source=source, valid_carved=valid_carved)
 
 
 # -- subsampling -----------------------------------------------------------------------------------------------
 
-def _rank(seed: int, example_id: str) -> int:
+def _rank(seed: int, example_id: str, salt: str = "") -> int:
     # sha256 rather than random.shuffle: identical on every machine and Python version, and per-id so that
     # the order does not depend on which other examples are present
-    return int.from_bytes(hashlib.sha256(f"{seed}\x00{example_id}".encode()).digest()[:8], "big")
+    key = f"{salt}\x00{seed}\x00{example_id}" if salt else f"{seed}\x00{example_id}"  # unsalted: subsample's order
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
 def subsample(records: list[dict[str, Any]], fraction: float | None = None, count: int | None = None, seed: int = 0,
@@ -386,6 +279,25 @@ def subsample(records: list[dict[str, Any]], fraction: float | None = None, coun
         ranked = [r for _, _, r in sorted(keyed, key=lambda item: item[:2])]
     chosen = {id(r) for r in ranked[:count]}
     return [r for r in records if id(r) in chosen]
+
+
+def carve_valid_split(records: list[dict[str, Any]], size: float | int = DEFAULT_CARVE,
+                      seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train pool, valid): a valid split for a task that has none, carved from its train records.
+
+    ``size`` is a fraction of the records (rounded up, as ``datasets``' ``train_test_split`` does) or a count.
+    The choice hashes (seed, id) with a salt of its own, so it is independent of :func:`subsample`'s order;
+    training subsets drawn from the pool are disjoint from valid at every fraction. Both keep the input order.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise ValueError(f"valid size must be a fraction in (0, 1) or a count, got {size!r}")
+    count = math.ceil(round(size * len(records), 9)) if isinstance(size, float) else size  # 0.1 * 30 is 3, not 4
+    if isinstance(size, float) and not 0 < size < 1:
+        raise ValueError(f"valid fraction must be in (0, 1), got {size}")
+    if not 1 <= count < len(records):
+        raise ValueError(f"cannot carve {count} valid examples from {len(records)} train examples (keep at least one)")
+    chosen = {id(r) for r in sorted(records, key=lambda r: _rank(seed, r["id"], salt="carve-valid"))[:count]}
+    return [r for r in records if id(r) not in chosen], [r for r in records if id(r) in chosen]
 
 
 # -- the `data` command ----------------------------------------------------------------------------------------
@@ -426,7 +338,6 @@ def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | N
         json: Print the report as JSON instead of text.
     """
     from .options import load_data, train_subset
-    from .rationales import split_report
 
     loaded = load_data(data, splits=splits, rationales=rationales)
     subset_of = {}

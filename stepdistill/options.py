@@ -27,6 +27,8 @@ class DataOptions:
         teacher_field: For jsonl/csv: the column holding raw teacher output, if any.
         teacher_dir: For the hub source: folder with teacher outputs (palm_{split}.jsonl.gz or llm/ chunks).
         hub_name: For the hub source: dataset name or path for datasets.load_dataset.
+        carve_valid: For a task without a valid split: carve this fraction of train (or this many examples) as
+            valid, seed 0, disjoint from every training subset; null: do not carve.
     """
 
     task: str | None = None
@@ -37,6 +39,7 @@ class DataOptions:
     teacher_field: str | None = None
     teacher_dir: str | None = None
     hub_name: str | None = None
+    carve_valid: float | None = 0.1
 
     def source_options(self) -> dict[str, Any]:
         """The keyword options of :func:`stepdistill.data.load_task_data` that are set."""
@@ -79,14 +82,15 @@ def load_data(options: DataOptions, splits: list[str] | tuple[str, ...] | None =
     """The task's splits from ``options``; with ``rationales`` (cache paths or globs) the train split's teacher
     outputs come from those caches instead (joined by id; examples a cache lacks are marked ``missing``)."""
     from .data import load_task_data
-    from .rationales import attach_rationales, load_rationale_caches, split_report
+    from .data import split_report
+    from .rationales import attach_rationales, load_rationale_caches
 
     if not options.task:
         raise ValueError("option --task is required (a task name, a spec .json or file.py:Class)")
     if options.task == "arith-demo":
         from . import demo  # noqa: F401  (registers the demo task)
     data = load_task_data(options.task, data_dir=options.data_dir, source=options.source, splits=splits,
-                          **options.source_options())
+                          carve_valid=options.carve_valid, **options.source_options())
     if rationales and "train" in data.splits:
         cache = load_rationale_caches(rationales)
         data.splits["train"] = attach_rationales(data.splits["train"], cache)
@@ -101,7 +105,7 @@ def train_subset(data, subset: SubsetOptions) -> list[dict]:
     records = data.splits["train"]
     if not subset.active:
         return records
-    full = data.task.full_split_sizes.get("train") if subset.fraction is not None else None
+    full = data.train_full_size if subset.fraction is not None else None
     wanted = round(subset.fraction * (full or len(records))) if subset.fraction is not None else subset.count
     if wanted > len(records) or wanted < 1:
         asked = f"--fraction {subset.fraction:g} ({wanted:,} of {full or len(records):,})" \

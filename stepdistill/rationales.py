@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import glob
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from .data import DataError, SplitReport
-from .tasks import Task
+from .data import DataError
 
 
 class CacheError(DataError):
@@ -93,19 +91,6 @@ def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str,
             usable = record["status"] == "ok"
             update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
                           teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
+        update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
         out.append({**example, **update})
     return out
-
-
-def split_report(task: Task, records: list[dict[str, Any]]) -> SplitReport:
-    """Counts of a list of records (a subsample, or a split joined to a cache): labels and teacher figures."""
-    report = SplitReport(examples=len(records), labels=Counter(r["label"] for r in records))
-    for record in records:
-        if record.get("teacher_error") is None:
-            report.teacher_ok += 1
-        else:
-            report.teacher_failures[record["teacher_error"]] += 1
-        if record.get("teacher_label") is not None and task.is_correct(record["teacher_label"], record["label"],
-                                                                       record["fields"]):
-            report.teacher_agree += 1
-    return report

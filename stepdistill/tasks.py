@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,11 +23,22 @@ NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 @dataclass(frozen=True)
 class TeacherParse:
-    """A teacher output split into rationale and label; ``error`` names why it is unusable (None when usable)."""
+    """A teacher output split into rationale and label; ``error`` names why it is unusable (None when usable).
+
+    ``label`` is always a valid label (as the task spells it) or None, so that an invalid one can never become a
+    training target; ``raw_label`` keeps the label text as parsed, valid or not, for reports.
+    """
 
     rationale: str | None
     label: str | None
     error: str | None = None
+    raw_label: str | None = None
+
+    def __post_init__(self):
+        if self.raw_label is None and self.label is not None:
+            object.__setattr__(self, "raw_label", self.label)
+        if self.error == "unknown_label":  # also when a user's parser sets it itself
+            object.__setattr__(self, "label", None)
 
     @property
     def ok(self) -> bool:
@@ -49,8 +61,16 @@ class Task:
     prompt_name: ClassVar[str] = ""  # template file stem in prompts/
     full_split_sizes: ClassVar[dict[str, int]] = {}  # sizes of the complete public splits (for fractions)
     free_form: ClassVar[bool] = False  # True: predictions are generated, not ranked
+    official_splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")  # splits of the authors' release
 
     # -- inputs ---------------------------------------------------------------------------------------------
+    def prepare_example(self, example: dict[str, Any]) -> dict[str, Any]:
+        """Map another released form of an example onto this task's fields (default: unchanged).
+
+        Raises ValueError naming the field when the example cannot be mapped.
+        """
+        return example
+
     def format_input(self, example: dict[str, Any]) -> str:
         """The student's input text (without the [label]/[rationale] prefix)."""
         raise NotImplementedError
@@ -89,10 +109,10 @@ class Task:
             return TeacherParse(rationale, None, "no_answer")
         canonical = self.canonical_label(label, example)
         if canonical is None:
-            return TeacherParse(rationale, label, "unknown_label")
+            return TeacherParse(rationale, None, "unknown_label", raw_label=label)
         if not rationale or not rationale.strip():
-            return TeacherParse(rationale, canonical, "empty_rationale")
-        return TeacherParse(rationale.strip(), canonical, None)
+            return TeacherParse(rationale, canonical, "empty_rationale", raw_label=label)
+        return TeacherParse(rationale.strip(), canonical, None, raw_label=label)
 
 
 class _NLITask(Task):
@@ -143,6 +163,7 @@ class CQA(Task):
     input_fields = ("question", "choices")
     label_field = "answer"
     full_split_sizes = {"train": 9_741, "test": 1_221}
+    official_splits = ("train", "test")
 
     def format_input(self, example):
         letters = "abcde"
@@ -157,25 +178,46 @@ class CQA(Task):
         return list(example.get("choices") or []) or None
 
     def parse_teacher(self, output, example=None):
+        # The authors' rule: text before "Q:", split once on "So the answer is"; the label is the text after the
+        # first "(x)" marker up to the next one, stripped, minus one final period. No marker: no answer.
         parts = output.split("Q:")[0].rstrip().split("So the answer is")
         if len(parts) != 2:
             return self._checked(parts[0].rstrip(), None, example)
         rationale, tail = parts
-        match = re.search(r"\([a-e]\)\s*(.+)", tail)
-        if not match:
-            return self._checked(rationale.rstrip(), tail.strip(), example)
-        return self._checked(rationale.rstrip(), match.group(1).strip().rstrip("."), example)
+        pieces = re.split(r"\(.\)", tail)
+        if len(pieces) < 2:
+            return self._checked(rationale.rstrip(), None, example)
+        label = pieces[1].strip()
+        return self._checked(rationale.rstrip(), label[:-1] if label.endswith(".") else label, example)
 
 
 class SVAMP(Task):
-    """SVAMP (fields Body, Question, Equation). The label is an equation, compared by value."""
+    """SVAMP (fields Body, Question, Equation). The label is an equation, compared by value.
+
+    Also reads the authors' released form (``input`` = Body + newline + Question, ``label`` = the equation) and
+    takes SVAMP.json's ``ID`` as the id.
+    """
 
     name = "svamp"
     prompt_name = "svamp"
     input_fields = ("Body", "Question")
     label_field = "Equation"
     full_split_sizes = {"train": 800, "test": 200}
+    official_splits = ("train", "test")
     free_form = True
+
+    def prepare_example(self, example):
+        example = dict(example)
+        if "id" not in example and "ID" in example:
+            example["id"] = example["ID"]
+        if "Body" not in example and "Question" not in example and isinstance(example.get("input"), str):
+            body, newline, question = example.pop("input").rpartition("\n")
+            if not newline:
+                raise ValueError("field 'input': expected the body and the question separated by a newline")
+            example["Body"], example["Question"] = body, question
+        if "Equation" not in example and "label" in example:
+            example["Equation"] = example.pop("label")
+        return example
 
     def format_input(self, example):
         return f"{example['Body'].strip()}\n{example['Question'].strip()}"
@@ -198,8 +240,9 @@ class SVAMP(Task):
         if len(parts) != 2:
             return self._checked(parts[0].rstrip(), None, example)
         rationale, tail = parts
+        # the authors' rule: the label is the first "(" to the last ")" of the line; no parentheses: no answer
         match = re.search(r"\(.*\)", tail)
-        return self._checked(rationale.rstrip(), match.group(0) if match else tail.strip().rstrip("."), example)
+        return self._checked(rationale.rstrip(), match.group(0) if match else None, example)
 
 
 class SpecTask(Task):
@@ -230,6 +273,7 @@ class SpecTask(Task):
         self.input_fields = tuple(re.findall(r"{(\w+)[^}]*}", self.input_template))
         self.teacher_pattern = re.compile(spec.get("teacher_pattern", self.DEFAULT_PATTERN))
         self.prompt_name = spec.get("prompt", "")
+        self.source = source
         self.prompt_path = (Path(source).parent / spec["prompt"]) if spec.get("prompt") and source != "<spec>" else None
         self.full_split_sizes = dict(spec.get("full_split_sizes", {}))
 
@@ -272,10 +316,44 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str | Task) -> Task:
-    """A task by registered name, JSON spec path (``*.json``) or Python class (``file.py:Class``, ``module:Class``)."""
+def _load_class(reference: str) -> type[Task]:
+    """``/path/file.py:Class`` or ``module:Class`` -> the class."""
+    target, _, attr = reference.rpartition(":")
+    if target.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
+        if module_spec is None or not Path(target).exists():
+            raise ValueError(f"task file not found: {target}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"{reference}: {attr} is not a stepdistill.tasks.Task subclass")
+    return cls
+
+
+def _from_reference(reference: dict[str, Any]) -> Task:
+    if "spec" in reference:
+        if not isinstance(reference["spec"], dict):
+            raise ValueError("task reference: field 'spec' must be a JSON object")
+        return SpecTask(reference["spec"], source=str(reference.get("source") or "<spec>"))
+    if reference.get("name") in _REGISTRY:
+        return _REGISTRY[reference["name"]]()
+    if isinstance(reference.get("class"), str):
+        return get_task(reference["class"])
+    if "name" in reference:
+        raise ValueError(f"task reference: unknown task {reference['name']!r}; built in: {', '.join(task_names())}")
+    raise ValueError(f"task reference {reference!r}: expected a field 'name', 'spec' or 'class'")
+
+
+def get_task(name: str | Task | dict[str, Any]) -> Task:
+    """A task by registered name, JSON spec path (``*.json``), Python class (``file.py:Class``, ``module:Class``)
+    or a :func:`task_reference` dict (as stored with a trained student)."""
     if isinstance(name, Task):
         return name
+    if isinstance(name, dict):
+        return _from_reference(name)
     if name in _REGISTRY:
         return _REGISTRY[name]()
     if name.endswith(".json"):
@@ -284,15 +362,41 @@ def get_task(name: str | Task) -> Task:
     if ":" in name:
         target, _, attr = name.rpartition(":")
         if target.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
-            if module_spec is None or not Path(target).exists():
-                raise ValueError(f"task file not found: {target}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        cls = getattr(module, attr, None)
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise ValueError(f"{name}: {attr} is not a stepdistill.tasks.Task subclass")
-        return cls()
+            name = f"{Path(target).resolve()}:{attr}"  # absolute, so that the reference works from anywhere
+        task = _load_class(name)()
+        task._reference = name  # how it was loaded: a class from a file cannot be found again by its module name
+        return task
     raise ValueError(f"unknown task {name!r}; built in: {', '.join(task_names())}; or a spec.json / file.py:Class")
+
+
+def task_reference(task: Task) -> dict[str, Any]:
+    """A JSON-serialisable description from which :func:`get_task` rebuilds ``task`` (e.g. from a run folder).
+
+    ``{"name": ...}`` for registered tasks (with ``"class"`` too when not built in), ``{"spec": {...},
+    "source": path}`` for JSON spec tasks, ``{"class": "/abs/file.py:Cls"}`` or ``{"class": "module:Cls"}`` for
+    Python classes.
+    """
+    if isinstance(task, SpecTask):
+        source = task.source if task.source == "<spec>" else str(Path(task.source).resolve())
+        return {"spec": task.spec, "source": source}
+    cls = type(task)
+    loaded_as = getattr(task, "_reference", None)
+    class_reference = loaded_as or _class_reference(cls)
+    if _REGISTRY.get(task.name) is cls:
+        builtin = cls.__module__ == __name__
+        return {"name": task.name} if builtin or class_reference is None else {"name": task.name, "class": class_reference}
+    if class_reference is None:
+        raise ValueError(f"task {task.name!r}: class {cls.__qualname__} cannot be found again (define it at the "
+                         "top level of a module or file)")
+    return {"class": class_reference}
+
+
+def _class_reference(cls: type[Task]) -> str | None:
+    """``module:Cls`` when the module can be imported by name, else ``/abs/file.py:Cls``; None when neither."""
+    if "<" in cls.__qualname__ or "." in cls.__qualname__:  # defined inside a function or class
+        return None
+    if cls.__module__ != "__main__" and importlib.util.find_spec(cls.__module__.split(".")[0]) is not None:
+        return f"{cls.__module__}:{cls.__qualname__}"
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    return f"{Path(file).resolve()}:{cls.__qualname__}" if file else None

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stepdistill.data import DataError, load_task_data, subsample
+from stepdistill.data import DataError, carve_valid_split, load_task_data, subsample
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def write_jsonl(path: Path, rows, gz=False):
@@ -78,9 +79,12 @@ def test_local_records_keep_and_mark_unusable_teacher_outputs(tmp_path):
     assert [r["teacher_error"] for r in records] == [None, "unknown_label", "no_answer"]
     assert records[0]["input"] == "premise: A dog runs. hypothesis: An animal moves."
     assert (records[0]["rationale"], records[0]["teacher_label"]) == ("A dog is an animal.", "entailment")
-    assert records[1]["rationale"] == "No cat is mentioned." and records[1]["teacher_label"] == "maybe"
+    # an invalid teacher label is never a label; its text stays for reports
+    assert (records[1]["rationale"], records[1]["teacher_label"], records[1]["teacher_raw_label"]) == (
+        "No cat is mentioned.", None, "maybe")
+    assert records[2]["teacher_raw_label"] is None
     report = data.report["test"]
-    assert (report.examples, report.teacher_ok, report.teacher_agree) == (3, 1, 1)
+    assert (report.examples, report.teacher_ok, report.teacher_agree, report.teacher_agree_exact) == (3, 1, 1, 1)
     assert dict(report.teacher_failures) == {"unknown_label": 1, "no_answer": 1}
 
 
@@ -162,10 +166,10 @@ def test_hub_source_through_load_dataset(tmp_path):
 
 
 def test_user_task_from_bundled_spec_and_jsonl():
-    data = load_task_data(str(REPO_ROOT / "data" / "sentiment_task.json"), source="jsonl",
+    data = load_task_data(str(REPO_ROOT / "data" / "sentiment_task.json"), source="jsonl", carve_valid=None,
                           files={"train": str(REPO_ROOT / "data" / "sentiment_train.jsonl")}, teacher_field="teacher")
     records = data.splits["train"]
-    assert len(records) == 12 and records[0]["id"] == "s0"
+    assert len(records) == 12 and records[0]["id"] == "s0" and data.valid_carved is None
     assert records[0]["input"] == "review: The soup was hot and the staff remembered my name."
     assert records[0]["rationale"] == "Remembering a guest's name and serving hot food are signs of good service."
     assert records[5]["teacher_error"] == "no_answer"
@@ -178,6 +182,239 @@ def test_user_csv_with_renamed_fields(tmp_path):
     fields = {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold"}
     with pytest.raises(DataError, match=r"pairs.csv: line 3: field 'label': unknown label 'sideways'"):
         load_task_data("esnli", source="csv", files={"train": str(path)}, fields=fields)
+
+
+def test_user_file_teacher_field_that_matches_no_column(tmp_path):
+    jsonl_path, csv_path = tmp_path / "train.jsonl", tmp_path / "train.csv"
+    write_jsonl(jsonl_path, [dict(row, teacher="Because.\nAnswer: neutral") for row in NLI_ROWS])
+    csv_path.write_text("premise,hypothesis,label,teacher\nA dog runs.,An animal moves.,entailment,x\n")
+    with pytest.raises(DataError, match=r"train.jsonl: teacher field 'output' matches no column \(columns: hypothesis, "
+                                        r"id, label, premise, teacher\)"):
+        load_task_data("esnli", source="jsonl", files={"train": str(jsonl_path)}, teacher_field="output")
+    with pytest.raises(DataError, match=r"train.csv: teacher field 'teacher_text' matches no column"):
+        load_task_data("esnli", source="csv", files={"train": str(csv_path)}, teacher_field="teacher_text")
+    found = load_task_data("esnli", source="jsonl", files={"train": str(jsonl_path)}, teacher_field="teacher",
+                           carve_valid=None)
+    assert [r["teacher_label"] for r in found.splits["train"]] == ["neutral"] * 3
+
+
+def truncate_gzip(path: Path, rows):
+    """A real gzip stream of ``rows``, cut short before its end-of-stream marker."""
+    data = gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode())
+    path.write_bytes(data[: len(data) - 30])
+
+
+@pytest.mark.parametrize("which", ["examples", "teacher", "csv"])
+def test_truncated_gzip_is_an_error_naming_the_file(tmp_path, which):
+    rows = [{"id": i, "premise": f"A dog runs {i}.", "hypothesis": "An animal moves.", "label": "entailment"} for i in range(200)]
+    teacher = [{"id": i, "output": f"Dogs are animals {i}.\nAnswer: entailment"} for i in range(200)]
+    root = make_local(tmp_path, rows, teacher)
+    if which == "examples":
+        target = root / "esnli" / "test.jsonl.gz"
+        truncate_gzip(target, rows)
+    elif which == "teacher":
+        target = root / "esnli" / "palm_test.jsonl.gz"
+        truncate_gzip(target, teacher)
+    if which == "csv":
+        target = tmp_path / "train.csv.gz"
+        text = "premise,hypothesis,label\n" + "".join(f"A dog runs {i}.,An animal moves.,entailment\n" for i in range(200))
+        data = gzip.compress(text.encode())
+        target.write_bytes(data[: len(data) - 30])
+        call = lambda: load_task_data("esnli", source="csv", files={"train": str(target)})  # noqa: E731
+    else:
+        call = lambda: load_task_data("esnli", data_dir=root)  # noqa: E731
+    with pytest.raises(DataError, match=rf"{target}: truncated gzip stream \(the file is incomplete\)"):
+        call()
+
+
+def test_replay_reader_sees_a_truncated_teacher_file_too(tmp_path):
+    from stepdistill.data import _teacher_from_dir
+
+    truncate_gzip(tmp_path / "palm_test.jsonl.gz", [{"id": i, "output": "x\nAnswer: neutral"} for i in range(200)])
+    with pytest.raises(DataError, match="palm_test.jsonl.gz: truncated gzip stream"):
+        _teacher_from_dir(tmp_path, "test")
+
+
+def test_an_invalid_teacher_label_is_never_a_training_target(tmp_path):
+    from stepdistill.student.trainer import TrainConfig, select_examples
+
+    folder = tmp_path / "anli1"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [dict(row) for row in NLI_ROWS])
+    write_jsonl(folder / "palm_train.jsonl", [
+        {"id": 0, "output": "An animal moves when a dog runs. So the answer is entailment.\n\nPremise: x"},
+        {"id": 1, "output": "Nothing is said about a cat. So the answer is maybe.\n\nPremise: x"},
+        {"id": 2, "output": "A running dog does not sit. So the answer is contradiction."},
+    ])
+    records = load_task_data("anli1", data_dir=tmp_path, splits=["train"]).splits["train"]
+    assert (records[1]["teacher_label"], records[1]["teacher_raw_label"], records[1]["teacher_error"]) == (
+        None, "maybe", "unknown_label")
+    for method in ("standard", "step-by-step"):
+        chosen, counts = select_examples(records, TrainConfig(method=method, label_source="teacher"))
+        assert [(e["id"], e["target"]) for e in chosen] == [("0", "entailment"), ("2", "contradiction")]
+        assert counts["dropped_no_teacher_label"] == {"unknown_label": 1} and counts["label_task"] == 2
+    chosen, counts = select_examples(records, TrainConfig(method="standard", label_source="gold"))
+    assert [e["target"] for e in chosen] == ["entailment", "neutral", "contradiction"]
+
+
+# -- CQA and SVAMP: the authors' released layout and ours (our own made-up fixtures) ---------------------------
+
+def cqa_id(question):
+    import hashlib
+
+    return hashlib.md5(question.encode()).hexdigest()  # how the fixtures made their cos_e-like string ids
+
+
+CQA_EXPECTED = {
+    "train": {
+        "teacher_error": [None, None, None, None, None, None, None, None, "unknown_label", None, "no_answer", None],
+        "teacher_label": ["river", "shoes", "sink", "open a lock", "telescope", "cockpit", "hungry", "toy box", None,
+                          "oven", None, "chalk"],
+        "report": {"examples": 12, "teacher_ok": 10, "teacher_failures": {"unknown_label": 1, "no_answer": 1},
+                   "teacher_label_agreement": 0.75, "teacher_label_agreement_exact": 0.666667,
+                   "teacher_without_example": 0},
+    },
+    "test": {
+        "teacher_error": [None, None, None, None, None, "unknown_label"],
+        "teacher_label": ["market", "nests", "umbrella", "kitchen", "camera", None],
+        "report": {"examples": 6, "teacher_ok": 5, "teacher_failures": {"unknown_label": 1},
+                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_exact": 0.666667,
+                   "teacher_without_example": 0},
+    },
+}
+
+
+@pytest.mark.parametrize("layout, source", [("official", "official"), ("shared", "local")])
+def test_cqa_in_both_layouts(layout, source):
+    data = load_task_data("cqa", data_dir=FIXTURES / f"cqa_{layout}", source=source, carve_valid=None)
+    assert list(data.splits) == ["train", "test"] and data.valid_carved is None
+    for split, expected in CQA_EXPECTED.items():
+        records = data.splits[split]
+        assert [r["teacher_error"] for r in records] == expected["teacher_error"]
+        assert [r["teacher_label"] for r in records] == expected["teacher_label"]
+        assert all(r["id"] == cqa_id(r["fields"]["question"]) for r in records)  # cos_e's ids, outputs by position
+        report = data.report[split].as_dict()
+        assert {key: report[key] for key in expected["report"]} == expected["report"]
+        assert sum(report["labels"].values()) == len(records)
+    train = data.splits["train"]
+    question = "Where would you find water flowing between two banks?"
+    fields = {"id": cqa_id(question), "question": question, "choices": ["desert", "river", "attic", "oven", "wallet"],
+              "answer": "river"}
+    if layout == "official":
+        fields.update(abstractive_explanation="", extractive_explanation="")
+    assert train[0] == {
+        "id": cqa_id(question),
+        "input": f"{question}\nAnswer Choices:\n(a) desert\n(b) river\n(c) attic\n(d) oven\n(e) wallet",
+        "label": "river",
+        "choices": ["desert", "river", "attic", "oven", "wallet"],
+        "teacher_output": "Water flows between two banks in a river. So the answer is (b) river.\n\nQ: What do you use to cut paper?",
+        "rationale": "Water flows between two banks in a river.",
+        "teacher_label": "river",
+        "teacher_raw_label": "river",
+        "teacher_error": None,
+        "fields": fields,
+    }
+    # right answer, spelt otherwise: agrees after normalisation, not by the authors' exact rule
+    assert (train[5]["label"], train[5]["teacher_label"], train[5]["teacher_raw_label"]) == ("cockpit", "cockpit", "Cockpit")
+    assert (train[8]["rationale"], train[8]["teacher_raw_label"]) == ("Rain is water falling from clouds.", "lake")
+    assert (train[10]["rationale"], train[10]["teacher_raw_label"]) == (
+        "Fish breathe through gills, and the best place is hard to say.", None)
+
+
+SVAMP_EXPECTED = {
+    "train": {
+        "teacher_error": [None, None, None, None, None, None, "unknown_label", None, "no_answer", None, None, None],
+        "teacher_raw_label": ["( 8.0 - 5.0 )", "(12.0 + 7.0)", "( 6.0 * 4.0 )", "( 20.0 / 5.0 )", "( 15.0 - 9.0 )",
+                              "( 3.0 + 4.0 )", "(thirty minus eighteen)", "( 9.0 * 8.0 )", None, "( 40.0 - 8.0 )",
+                              "( 25.0 * 3.0 )", "( 36.0 / 9.0 )"],
+        "report": {"examples": 12, "teacher_ok": 10, "teacher_failures": {"unknown_label": 1, "no_answer": 1},
+                   "teacher_label_agreement": 0.75, "teacher_label_agreement_exact": 0.666667,
+                   "teacher_without_example": 0},
+    },
+    "test": {
+        "teacher_error": [None, None, None, None, None, "no_answer"],
+        "teacher_raw_label": ["( 14.0 + 11.0 )", "( 60.0 / 4.0 )", "(27 - 9)", "( 5.0 + 6.0 )", "( 12.0 + 16.0 )", None],
+        "report": {"examples": 6, "teacher_ok": 5, "teacher_failures": {"no_answer": 1},
+                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_exact": 0.5,
+                   "teacher_without_example": 0},
+    },
+}
+
+
+@pytest.mark.parametrize("layout, source", [("official", "official"), ("shared", "local")])
+def test_svamp_in_both_layouts(layout, source):
+    data = load_task_data("svamp", data_dir=FIXTURES / f"svamp_{layout}", source=source, carve_valid=None)
+    assert list(data.splits) == ["train", "test"]
+    for split, expected in SVAMP_EXPECTED.items():
+        records = data.splits[split]
+        first_id = 100 if split == "train" else 500
+        # the released files have no ids (positions); SVAMP.json's form keeps its ID
+        assert [r["id"] for r in records] == ([str(i) for i in range(len(records))] if layout == "official"
+                                              else [f"chal-{first_id + i}" for i in range(len(records))])
+        assert [r["teacher_error"] for r in records] == expected["teacher_error"]
+        assert [r["teacher_raw_label"] for r in records] == expected["teacher_raw_label"]
+        assert [r["teacher_label"] for r in records] == [
+            None if error == "unknown_label" else raw for raw, error in zip(expected["teacher_raw_label"], expected["teacher_error"])]
+        report = data.report[split].as_dict()
+        assert {key: report[key] for key in expected["report"]} == expected["report"]
+    fields = {"Body": "Ann has 8 pens. She gives 5 pens to her brother.", "Question": "How many pens does Ann have now?",
+              "Equation": "( 8.0 - 5.0 )"}
+    fields.update({"id": 0} if layout == "official" else {"ID": "chal-100", "id": "chal-100", "Answer": 3.0, "Type": "Arith"})
+    assert data.splits["train"][0] == {
+        "id": "0" if layout == "official" else "chal-100",
+        "input": "Ann has 8 pens. She gives 5 pens to her brother.\nHow many pens does Ann have now?",
+        "label": "( 8.0 - 5.0 )",
+        "choices": None,
+        "teacher_output": "Ann had 8 pens and gave away 5, so she has 8 - 5 = 3 pens. The answer is ( 8.0 - 5.0 ).\n\nQ: next",
+        "rationale": "Ann had 8 pens and gave away 5, so she has 8 - 5 = 3 pens.",
+        "teacher_label": "( 8.0 - 5.0 )",
+        "teacher_raw_label": "( 8.0 - 5.0 )",
+        "teacher_error": None,
+        "fields": fields,
+    }
+
+
+def test_official_cqa_and_svamp_have_no_valid_split(tmp_path):
+    for task in ("cqa", "svamp"):
+        with pytest.raises(DataError, match=f"no 'valid' split for task '{task}' \\(source 'official'\\)"):
+            load_task_data(task, data_dir=FIXTURES / f"{task}_official", source="official", splits=["valid"],
+                           carve_valid=None)
+
+
+def test_official_source_rejects_a_teacher_output_beyond_the_examples(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "cqa_official", tmp_path / "cqa_official")
+    chunk = tmp_path / "cqa_official" / "cqa" / "llm" / "test_CoT_1.json"
+    chunk.write_text(json.dumps(json.loads(chunk.read_text()) + ["x"] * 1_300))  # 1,221 is the full test split
+    with pytest.raises(DataError, match=r"test_CoT_1.json: item 1217: field 'id': teacher output id 1221 matches no example"):
+        load_task_data("cqa", data_dir=tmp_path / "cqa_official", source="official", splits=["test"])
+
+
+# -- carving a valid split -------------------------------------------------------------------------------------
+
+def test_load_carves_valid_from_train_where_the_task_has_none(tmp_path):
+    full = load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official", splits=["train"])
+    assert len(full.splits["train"]) == 12 and full.valid_carved is None  # train alone (e.g. for the teacher): whole
+    data = load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official")
+    assert list(data.splits) == ["train", "valid", "test"]
+    assert data.valid_carved == {"from": "train", "size": 2, "seed": 0}  # 10%, rounded up
+    assert (full.train_full_size, data.train_full_size) == (9_741, 9_739)  # fractions of the pool left after carving
+    pool, valid = carve_valid_split(full.splits["train"], 0.1, seed=0)
+    assert [r["id"] for r in data.splits["valid"]] == [r["id"] for r in valid]
+    assert [r["id"] for r in data.splits["train"]] == [r["id"] for r in pool]
+    assert data.report["train"].examples + data.report["valid"].examples == 12
+    assert (data.report["train"].teacher_ok + data.report["valid"].teacher_ok,
+            data.report["train"].teacher_agree + data.report["valid"].teacher_agree) == (10, 9)
+    only_valid = load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official", splits=["valid"],
+                                carve_valid=3, carve_seed=1)
+    assert list(only_valid.splits) == ["valid"] and only_valid.valid_carved == {"from": "train", "size": 3, "seed": 1}
+    for split in ("train", "valid", "test"):
+        make_local(tmp_path, split=split, gz=False)
+    with pytest.raises(DataError, match=r"task 'cqa' has no valid split to load: cannot carve 12 valid examples from 12"):
+        load_task_data("cqa", data_dir=FIXTURES / "cqa_official", source="official", carve_valid=12)
+    esnli = load_task_data("esnli", data_dir=tmp_path)  # has its own valid split: nothing carved
+    assert esnli.valid_carved is None and [len(esnli.splits[s]) for s in ("train", "valid", "test")] == [3, 3, 3]
 
 
 # -- subsampling -----------------------------------------------------------------------------------------------
@@ -211,3 +448,50 @@ def test_fraction_of_the_full_split_and_stratification():
     assert stratified == {"a": 45, "b": 45, "c": 10}
     with pytest.raises(ValueError, match="subset of 2000 examples asked for, but 1000 are available"):
         subsample(RECORDS, count=2000)
+
+
+CARVE_RECORDS = [{"id": f"q{i}", "label": "ab"[i % 2]} for i in range(1000)]
+CARVE_IDS = ["q168", "q231", "q284", "q632", "q912"]  # fixed: sha256 of (salt, seed, id), in input order
+
+
+def test_carved_valid_is_disjoint_from_every_training_subset():
+    pool, valid = carve_valid_split(CARVE_RECORDS, 0.1, seed=0)
+    assert (len(pool), len(valid)) == (900, 100) and ids(pool) | ids(valid) == ids(CARVE_RECORDS)
+    for data_seed in (0, 1, 2):
+        for fraction in (0.01, 0.05, 0.1, 0.5, 1.0):
+            subset = subsample(pool, fraction=fraction, seed=data_seed)
+            assert not ids(subset) & ids(valid)
+    # a salt of its own: valid is not subsample's first 100 of the whole split, and overlaps it only by chance
+    overlap = len(ids(valid) & ids(subsample(CARVE_RECORDS, count=100, seed=0)))
+    assert overlap < 30
+
+
+def test_carve_is_deterministic_and_sized():
+    assert [r["id"] for r in carve_valid_split(CARVE_RECORDS, 5, seed=0)[1]] == CARVE_IDS
+    assert [r["id"] for r in carve_valid_split(list(reversed(CARVE_RECORDS)), 5, seed=0)[1]] == list(reversed(CARVE_IDS))
+    assert ids(carve_valid_split(CARVE_RECORDS, 5, seed=1)[1]) != set(CARVE_IDS)
+    assert len(carve_valid_split(CARVE_RECORDS[:12], 0.1)[1]) == 2  # rounded up, as datasets' train_test_split
+    assert len(carve_valid_split(CARVE_RECORDS, 250)[1]) == 250
+    assert len(carve_valid_split(CARVE_RECORDS[:30], 0.1)[1]) == 3  # not 4 from 0.1 * 30 = 3.0000000000000004
+    for size, message in [(0, "cannot carve 0"), (1000, "cannot carve 1000 valid examples from 1000"),
+                          (1.0, "valid fraction must be in \\(0, 1\\)"), ("10%", "a fraction in \\(0, 1\\) or a count")]:
+        with pytest.raises(ValueError, match=message):
+            carve_valid_split(CARVE_RECORDS, size)
+
+
+def test_replayed_cqa_rationales_drop_invalid_teacher_labels_too(tmp_path):
+    # the generator's path (finalize, attach_rationales) agrees with the data layer on the released-format fixture
+    from stepdistill.student.trainer import TrainConfig, select_examples
+    from stepdistill.teacher import RationaleGenerator, ReplayTeacher, attach_rationales, load_rationales
+
+    records = load_task_data("cqa", data_dir=FIXTURES / "cqa_shared", splits=["train"]).splits["train"]
+    generator = RationaleGenerator("cqa", ReplayTeacher(FIXTURES / "cqa_shared", "cqa", "train"),
+                                   tmp_path / "cache.jsonl", progress=False)
+    generator.run(records)
+    attached = attach_rationales(records, load_rationales(tmp_path / "cache.jsonl"))
+    assert [r["teacher_label"] for r in attached] == CQA_EXPECTED["train"]["teacher_label"]
+    assert [r["teacher_error"] for r in attached] == CQA_EXPECTED["train"]["teacher_error"]
+    assert attached[8]["teacher_raw_label"] is None and attached[5]["teacher_raw_label"] == "cockpit"
+    _, counts = select_examples(attached, TrainConfig(method="step-by-step", label_source="teacher"))
+    assert counts["dropped_no_teacher_label"] == {"unknown_label": 1, "no_answer": 1}
+    assert (counts["label_task"], counts["rationale_task"]) == (10, 10)

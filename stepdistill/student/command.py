@@ -47,7 +47,8 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
     test = _fixed_subset(loaded.splits.get("test", []), test_size, "--test-size")
     extra = {"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
              "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"]),
-             "test_size": len(test), "test_full_size": len(loaded.splits.get("test", []))}
+             "test_size": len(test), "test_full_size": len(loaded.splits.get("test", [])),
+             "valid_carved": loaded.valid_carved}
     results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra)
     import torch.distributed as dist
 
