@@ -106,3 +106,31 @@ def test_training_on_a_generate_cache_equals_training_on_the_datas_own_teacher_o
     assert own["train_loss"] == cached["train_loss"]
     assert ((tmp_path / "own" / "predictions_test.jsonl").read_text()
             == (tmp_path / "cache" / "predictions_test.jsonl").read_text())
+
+
+@pytest.mark.parametrize("name", ["esnli_replay", "anli1_replay", "user_api"])
+def test_shipped_experiment_files_are_valid(name):
+    from stepdistill.experiments.experiment_file import load_experiment, sweep_preset
+    from stepdistill.tasks import get_task
+
+    experiment = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml")
+    preset = sweep_preset(experiment, get_task(experiment.task if name != "user_api" else "esnli"))
+    assert experiment.teacher.spec.split(":")[0] in ("replay", "openai") and preset.methods and preset.seeds
+
+
+def test_train_carves_valid_for_a_task_without_one_and_states_the_sizes(tmp_path, capsys):
+    files = _write_user_task(tmp_path)
+    main(["train", "--task", str(tmp_path / "sentiment.json"), "--source", "jsonl",
+          "--files", json.dumps({"train": files["train"], "test": files["test"]}), "--fields", '{"text": "review"}',
+          "--carve-valid", "0.25", "--count", "12", "--valid-size", "4", "--method", "standard", "--max-steps", "2",
+          "--batch-size", "4", "--eval-steps", "2", "--output-dir", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["valid_carved"] == {"from": "train", "size": 10, "seed": 0}  # 25% of 40
+    assert (results["valid_size"], results["valid_full_size"], results["test_size"]) == (4, 10, 8)
+    valid_ids = {json.loads(line)["id"] for line in (tmp_path / "run" / "predictions_valid.jsonl").read_text().splitlines()}
+    from stepdistill.options import DataOptions, load_data
+
+    data = load_data(DataOptions(task=str(tmp_path / "sentiment.json"), source="jsonl", carve_valid=0.25,
+                                 files={"train": files["train"], "test": files["test"]}, fields={"text": "review"}))
+    pool, carved = ({r["id"] for r in data.splits[split]} for split in ("train", "valid"))
+    assert len(valid_ids) == 4 and valid_ids <= carved and not carved & pool and len(pool) == 30

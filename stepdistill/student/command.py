@@ -105,14 +105,15 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
     if not metas:
         raise FileNotFoundError(f"{model_dir}: not a run folder of `stepdistill train` (no {META_FILE} in it or in "
                                 "its model/; option --model-dir)")
-    task = data.task or json.loads(metas[0].read_text()).get("task")
+    meta = json.loads(metas[0].read_text())
+    task = data.task or meta.get("task_reference") or meta.get("task")  # a reference rebuilds a spec/file task
     if task == "arith-demo":
         from .. import demo  # noqa: F401  (registers the demo task)
     get_task(task)  # an unknown --task fails here, before the model loads
     gold: list = []
     items: list = []
     if split is not None:
-        loaded = load_data(replace(data, task=task), splits=[split])
+        loaded = load_data(replace(data, task=task), splits=[split])  # task: a name, path or saved reference
         items = [record["fields"] for record in loaded.splits[split]]
         gold = [record["label"] for record in loaded.splits[split]]
     elif input is not None:
@@ -123,7 +124,7 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
             raise ValueError(f"option --input: malformed JSON: {exc.msg}") from None
     else:
         items = _read_inputs(input_file, data.fields or {})
-    student = load_trained_student(model_dir, data.task)
+    student = load_trained_student(model_dir, task)
     rows = run_predict(student, items, rationales=rationales, batch_size=batch_size)
     for row, label in zip(rows, gold):
         row["gold"] = label
