@@ -15,6 +15,7 @@ def _commands() -> dict:
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
+    from .insights.command import inspect_command
 
     return {
         "data": data_command,
@@ -23,6 +24,7 @@ def _commands() -> dict:
         "train": train_command,
         "predict": predict_command,
         "demo": demo_command,
+        "inspect": inspect_command,
     }
 
 
