@@ -16,7 +16,8 @@ from typing import Any
 from ..tasks import Task, get_task
 from .plots import PLOTS, plot_curves
 from .presets import METHOD_TITLES, METHODS, Preset
-from .stats import aggregate, beats_chance, convergence, majority_rate, matching_fraction, teacher_accuracy
+from .stats import (aggregate, beats_chance, convergence, majority_rate, matching_fraction, method_name,
+                    teacher_accuracy)
 from .sweep import _write_json_atomic, eval_splits, load_results
 
 CSV_COLUMNS = ("method", "fraction", "percent", "count", "n_seeds", "seeds", "test_accuracy_mean",
@@ -77,6 +78,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "sweep_wall_s_this_invocation": sweep_wall_s,
         "chance_test_accuracy": None,  # set below when the splits are given
         "convergence": convergence(results),
+        "rationale_filters": rationale_filter_counts(results),
         "reference_accuracy": None,
     }
     ref = [r for r in rows if r["method"] == "standard-finetune"]
@@ -109,6 +111,29 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
     (out_dir / "summary.md").write_text(_summary_markdown(task, preset, rows, info))
     _write_json_atomic(out_dir / "report.json", {**info, "rows": rows, "plot_series": plots})
     return {"rows": rows, "info": info, "plots": plots}
+
+
+def rationale_filter_counts(results: list[dict]) -> dict[str, dict]:
+    """Per method: runs with rationale filters, and the rationales each filter removed, summed over those runs."""
+    found: dict[str, dict] = {}
+    for result in results:
+        counts = (result.get("examples") or {}).get("rationale_filter")
+        if not counts:
+            continue
+        entry = found.setdefault(method_name(result), {"runs": 0, "given": 0, "kept": 0, "removed": {}})
+        entry["runs"] += 1
+        entry["given"] += counts["given"]
+        entry["kept"] += counts["kept"]
+        for name, removed in counts["removed"].items():
+            entry["removed"][name] = entry["removed"].get(name, 0) + removed
+    return {method: found[method] for method in METHODS if method in found}
+
+
+def _filter_facts(filters: dict[str, dict]) -> list[str]:
+    return [f"Rationale filters, {METHOD_TITLES[method]} ({entry['runs']} runs): of {entry['given']:,} rationales, "
+            + ", ".join(f"`{name}` removed {n:,}" for name, n in entry["removed"].items())
+            + f"; {entry['kept']:,} kept for the rationale task (filtered examples stay in the label task)."
+            for method, entry in filters.items()]
 
 
 def _convergence_fact(method: str, entry: dict) -> str:
@@ -171,6 +196,7 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
     if info.get("pretraining_exposure"):
         facts.insert(0, f"**Pre-training exposure:** {info['pretraining_exposure']}")
     facts += [_convergence_fact(method, entry) for method, entry in info.get("convergence", {}).items()]
+    facts += _filter_facts(info.get("rationale_filters", {}))
     facts.append(f"Runs finished: {info['runs_finished']}; sum of run wall times {info['sum_of_run_wall_s']:,.0f} s"
                  + (f"; this invocation {info['sweep_wall_s_this_invocation']:,.0f} s."
                     if info.get("sweep_wall_s_this_invocation") is not None else "."))
