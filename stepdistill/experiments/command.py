@@ -16,7 +16,8 @@ from .sweep import run_sweep
 def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, out_dir: str | None = None,
           source: str = "local", methods: list[str] | None = None, seeds: list[int] | None = None,
           fractions: list[float] | None = None, max_steps: int | None = None, workers: int = 1,
-          report_only: bool = False) -> None:
+          report_only: bool = False, prices: dict[str, list[float]] | None = None, label_cost: float = 0.0,
+          spend_tokenizer: str | None = None) -> None:
     """Run a data-efficiency sweep (fractions x methods x seeds) and write its report folder.
 
     The folder holds summary.csv, summary.md (table), curve_*.png (plots), report.json and runs/ (one folder per
@@ -35,9 +36,22 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
         workers: Runs trained at once, each in its own process (on CPUs: about one per core; each uses the preset's
             torch threads, 1 when it sets none).
         report_only: Only rebuild the report from the finished runs; train nothing.
+        prices: Teacher prices for the spend table and curve_spend.png, USD per million input and output tokens by
+            model, e.g. '{palm-540b: [3.0, 15.0]}' (the shared data's teacher). Without: spend in teacher tokens.
+        label_cost: USD per human (gold) label, for standard fine-tuning and step-by-step (gold) spend.
+        spend_tokenizer: Tokenizer that counts the replayed teacher's tokens (as `inspect --tokenizer`; default: the
+            student's when it loads offline, else minilm2minilm's WordPiece when installed, else whitespace words).
     """
     from ..data import load_task_data
 
+    from .spend import REPLAY_TEACHER, check_prices
+
+    try:
+        check_prices(prices, REPLAY_TEACHER)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if label_cost < 0:
+        raise SystemExit(f"error: --label-cost must be >= 0, got {label_cost}")
     task_obj = get_task(task)
     chosen = get_preset(preset).for_task(task_obj)  # the command line's overrides below win
     overrides: dict[str, Any] = {}
@@ -56,6 +70,7 @@ def curve_command(task: str, preset: str = "cpu", data_dir: str | None = None, o
     if not report_only:
         run_sweep(task_obj, data.splits, chosen, out, workers=workers)
     report = write_report(task_obj, chosen, out, splits=data.splits,
-                          sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1))
+                          sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1),
+                          prices=prices, label_cost=label_cost, spend_tokenizer=spend_tokenizer)
     print((out / "summary.md").read_text())
     print(f"report: {out}  ({len(report['rows'])} rows; {', '.join(report['info']['plots'].values())})")

@@ -3,6 +3,6 @@ teacher outputs): status and failures, agreement with gold, lengths in student t
 self-consistency, equations, tokens and cost.
 
 Modules: ``items`` (reading caches / task data into items), ``measures`` (every figure, pure), ``near_duplicates``
-(MinHash LSH), ``tokens`` (student token counts), ``report`` (the folder), ``command`` (the CLI). Nothing is imported
-here, so ``stepdistill --help`` stays fast.
+(MinHash LSH), ``report`` (the folder), ``command`` (the CLI); token counts come from ``experiments.tokens``.
+Nothing is imported here, so ``stepdistill --help`` stays fast.
 """

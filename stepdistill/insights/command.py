@@ -35,7 +35,7 @@ def inspect_command(task: str, cache: str | None = None, data_dir: str | None = 
     from .items import cache_paths, items_from_caches, items_from_task
     from .measures import inspect_items, usable
     from .report import write_report
-    from .tokens import load_counter
+    from ..experiments.tokens import load_counter
 
     if max_target_length < 1:
         raise SystemExit(f"error: --max-target-length must be at least 1, got {max_target_length}")

@@ -11,7 +11,7 @@ from typing import Any
 from ..arith import evaluate_arithmetic, values_equal
 from ..tasks import SVAMP, Task, normalize_text
 from .near_duplicates import near_duplicate_pairs
-from .tokens import TokenCounter
+from ..experiments.tokens import TokenCounter
 
 NO_LABEL = "(no label)"
 PERCENTILES = (50, 90, 95, 99)

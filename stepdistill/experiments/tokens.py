@@ -1,5 +1,5 @@
-"""Counting tokens the way the student sees them: a student tokenizer (a checkpoint or tokenizer folder, a run folder,
-``minilm2minilm``) or, when none is installed, whitespace words."""
+"""Counting tokens the way the student sees them (rationale lengths in `inspect`, teacher spend in reports): a
+student tokenizer (a checkpoint or tokenizer folder, a run folder, ``minilm2minilm``) or whitespace words."""
 
 from __future__ import annotations
 
