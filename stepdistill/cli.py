@@ -25,6 +25,7 @@ def _commands() -> dict:
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
+    from .insights.command import inspect_command
 
     return {
         "data": data_command,
@@ -34,6 +35,7 @@ def _commands() -> dict:
         "predict": predict_command,
         "run": run_command,
         "demo": demo_command,
+        "inspect": inspect_command,
     }
 
 

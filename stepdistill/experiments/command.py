@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..options import DataOptions
-
 from ..tasks import get_task
 from .presets import get_preset
 from .report import write_report
@@ -18,7 +17,9 @@ from .sweep import run_sweep
 def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = None,
                   rationales: str | list[str] | None = None, methods: list[str] | None = None,
                   seeds: list[int] | None = None, fractions: list[float] | None = None, max_steps: int | None = None,
-                  valid_size: int | Literal["all"] | None = None, workers: int = 1, report_only: bool = False) -> None:
+                  valid_size: int | Literal["all"] | None = None, workers: int = 1, report_only: bool = False,
+                  prices: dict[str, list[float]] | None = None, label_cost: float = 0.0,
+                  spend_tokenizer: str | None = None) -> None:
     """Sweep fractions x methods x seeds and write a report folder (flat names work: --task, --data-dir).
 
     The folder holds summary.csv, summary.md (table), curve_*.png (plots), report.json and runs/ (one folder per
@@ -38,9 +39,19 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
         workers: Runs trained at once, each in its own process (on CPUs: about one per core; each uses the preset's
             torch threads, 1 when it sets none).
         report_only: Only rebuild the report from the finished runs; train nothing.
+        prices: Teacher prices for the spend table and curve_spend.png, USD per million input and output tokens by
+            model, e.g. '{palm-540b: [3.0, 15.0]}' (the shared data's teacher). Without: spend in teacher tokens.
+        label_cost: USD per human (gold) label, for standard fine-tuning and step-by-step (gold) spend.
+        spend_tokenizer: Tokenizer that counts the replayed teacher's tokens (as `inspect --tokenizer`; default: the
+            student's when it loads offline, else minilm2minilm's WordPiece when installed, else whitespace words).
     """
     from ..options import load_data
 
+    from .spend import REPLAY_TEACHER, check_prices
+
+    check_prices(prices, REPLAY_TEACHER)  # a ValueError: one error line (cli.py)
+    if label_cost < 0:
+        raise ValueError(f"--label-cost must be >= 0, got {label_cost}")
     task_obj = get_task(data.task) if data.task else None
     loaded = load_data(data, rationales=rationales)
     task_obj = task_obj or loaded.task
@@ -64,6 +75,7 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
     if not report_only:
         run_sweep(task_obj, loaded.splits, chosen, out, workers=workers)
     report = write_report(task_obj, chosen, out, splits=loaded.splits,
-                          sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1))
+                          sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1),
+                          prices=prices, label_cost=label_cost, spend_tokenizer=spend_tokenizer)
     print((out / "summary.md").read_text())
     print(f"report: {out}  ({len(report['rows'])} rows; {', '.join(report['info']['plots'].values())})")

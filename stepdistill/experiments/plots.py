@@ -72,3 +72,41 @@ def plot_curves(rows: list[dict], methods: tuple[str, ...], teacher_acc: float |
     plt.close(fig)
     return series
 
+
+
+def plot_spend(series: dict[str, dict[str, list[float]]], spend: dict[str, Any], teacher_acc: float | None,
+               path: Path, title: str) -> dict:
+    """Test accuracy (%) against what the training data cost (USD, or teacher tokens without prices), one line per
+    method; the plotted numbers are stored in the PNG's ``stepdistill:series`` text chunk."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    usd = spend["unit"] == "usd"
+    fig, ax = plt.subplots(figsize=(5.5, 4.6), dpi=120, layout="constrained")
+    for method, points in series.items():
+        ax.plot(points["spend"], points["accuracy"], marker="o", color=METHOD_COLORS[method],
+                label=METHOD_TITLES[method])
+    if teacher_acc is not None and not math.isnan(teacher_acc):
+        ax.axhline(teacher_acc * 100, color="gray", linestyle="--", label="Teacher (few-shot CoT)")
+    values = sorted(v for points in series.values() for v in points["spend"])
+    positive = [v for v in values if v > 0]
+    if positive and values[0] == 0:  # free methods (human labels at 0) sit at 0: log scale beyond a linear stretch
+        ax.set_xscale("symlog", linthresh=positive[0])
+    elif positive and positive[-1] / positive[0] > 20:
+        ax.set_xscale("log")
+    if usd:
+        ax.set_xlabel(f"Cost of the training data (USD): teacher {spend['teacher_model']} at "
+                      f"${spend['prices'][0]:g} / ${spend['prices'][1]:g} per M in/out tokens, "
+                      f"human labels ${spend['label_cost_usd']:g} each", fontsize=7)
+    else:
+        ax.set_xlabel(f"Teacher tokens spent on the training examples (prompt + output; {spend['tokenizer']})",
+                      fontsize=7)
+    ax.set_ylabel("Test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2)
+    fig.savefig(path, metadata={"stepdistill:series": json.dumps(series)})
+    plt.close(fig)
+    return series

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import Task, get_task
-from .plots import PLOTS, plot_curves
+from .plots import PLOTS, plot_curves, plot_spend
 from .presets import METHOD_TITLES, METHODS, Preset
-from .stats import aggregate, beats_chance, convergence, majority_rate, matching_fraction, teacher_accuracy
+from .spend import fraction_spend, spend_series
+from .stats import (aggregate, beats_chance, convergence, majority_rate, matching_fraction, method_name,
+                    teacher_accuracy)
 from .sweep import _write_json_atomic, eval_splits, load_results
+from .tokens import load_counter
 
 CSV_COLUMNS = ("method", "fraction", "percent", "count", "n_seeds", "seeds", "test_accuracy_mean",
                "test_accuracy_std", "ci95_half_width", "ci95_low", "ci95_high", "valid_accuracy_mean", "wall_s_total")
@@ -61,8 +64,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
-                 splits: dict[str, list[dict]] | None = None, sweep_wall_s: float | None = None) -> dict:
-    """Aggregate ``out_dir/runs/*/*/*/results.json`` into summary.csv, summary.md, curve_*.png and report.json."""
+                 splits: dict[str, list[dict]] | None = None, sweep_wall_s: float | None = None,
+                 prices: dict[str, Any] | None = None, label_cost: float = 0.0,
+                 spend_tokenizer: str | None = None) -> dict:
+    """Aggregate ``out_dir/runs/*/*/*/results.json`` into summary.csv, summary.md, curve_*.png and report.json.
+
+    With ``splits``, also the teacher spend per fraction (:mod:`.spend`; ``prices`` {model: [USD per M input, per M
+    output]}, ``label_cost`` USD per human label, ``spend_tokenizer`` as ``stepdistill inspect --tokenizer``) and
+    curve_spend.png."""
     task = get_task(task)
     preset = preset.for_task(task)
     out_dir = Path(out_dir)
@@ -77,6 +86,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "sweep_wall_s_this_invocation": sweep_wall_s,
         "chance_test_accuracy": None,  # set below when the splits are given
         "convergence": convergence(results),
+        "rationale_filters": rationale_filter_counts(results),
         "reference_accuracy": None,
     }
     ref = [r for r in rows if r["method"] == "standard-finetune"]
@@ -102,6 +112,13 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         if any(r["method"] in methods for r in rows):
             path = out_dir / f"curve_{name}.png"
             plots[name] = plot_curves(rows, methods, teacher_acc, path, f"{task.name}: {model}, {preset.name} preset")
+    info["spend"] = None
+    if splits is not None:
+        spend = fraction_spend(task, preset, splits["train"], load_counter(spend_tokenizer or _student_tokenizer(model)),
+                               prices, label_cost)
+        info["spend"] = spend
+        plots["spend"] = plot_spend(spend_series(rows, spend), spend, teacher_acc, out_dir / "curve_spend.png",
+                                    f"{task.name}: {model}, {preset.name} preset: accuracy against spend")
     info["plots"] = {name: f"curve_{name}.png" for name in plots}
     from ..student.warmstart import exposure_note  # light: no torch import
 
@@ -109,6 +126,55 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
     (out_dir / "summary.md").write_text(_summary_markdown(task, preset, rows, info))
     _write_json_atomic(out_dir / "report.json", {**info, "rows": rows, "plot_series": plots})
     return {"rows": rows, "info": info, "plots": plots}
+
+
+def _student_tokenizer(model: str) -> str | None:
+    """The student's tokenizer when it loads offline (minilm2minilm, a local folder); None (inspect's default) for
+    ``tiny``, whose tokenizer is trained per run and deleted with the model."""
+    return model if model == "minilm2minilm" or Path(model).is_dir() else None
+
+
+def _spend_table(spend: dict[str, Any]) -> str:
+    usd = spend["unit"] == "usd"
+    lines = ["| % of full train | examples | teacher prompt tokens | teacher output tokens | teacher USD | "
+             "human labels USD |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in spend["fractions"].values():
+        teacher = f"{row['teacher_usd']:,.4f}" if usd else "-"
+        lines.append(f"| {_pct(row['fraction'])} | {row['count']:,.0f} | {row['teacher_prompt_tokens']:,.0f} | "
+                     f"{row['teacher_output_tokens']:,.0f} | {teacher} | {row['human_label_usd']:,.2f} |")
+    price = (f"priced at ${spend['prices'][0]:g} / ${spend['prices'][1]:g} per million input / output tokens "
+             "(`--prices`)" if usd else "not priced (no `--prices` entry: the spend plot uses teacher tokens and "
+             "leaves human labels out)")
+    note = (f"Teacher spend on each fraction's training examples (mean over seeds): the released `{spend['teacher_model']}` "
+            "outputs carry no usage, so tokens are counted with "
+            f"{spend['tokenizer']}: the prompt the teacher would be sent (the task's few-shot template) and its output; "
+            f"{price}. Human labels cost ${spend['label_cost_usd']:g} each (`--label-cost`, default 0). Standard "
+            "fine-tuning pays for human labels only, step-by-step (gold) for both, the teacher-label methods for the "
+            "teacher only. Plot: `curve_spend.png`.")
+    return "\n".join(["", "## Teacher spend", "", note, "", *lines, ""])
+
+
+def rationale_filter_counts(results: list[dict]) -> dict[str, dict]:
+    """Per method: runs with rationale filters, and the rationales each filter removed, summed over those runs."""
+    found: dict[str, dict] = {}
+    for result in results:
+        counts = (result.get("examples") or {}).get("rationale_filter")
+        if not counts:
+            continue
+        entry = found.setdefault(method_name(result), {"runs": 0, "given": 0, "kept": 0, "removed": {}})
+        entry["runs"] += 1
+        entry["given"] += counts["given"]
+        entry["kept"] += counts["kept"]
+        for name, removed in counts["removed"].items():
+            entry["removed"][name] = entry["removed"].get(name, 0) + removed
+    return {method: found[method] for method in METHODS if method in found}
+
+
+def _filter_facts(filters: dict[str, dict]) -> list[str]:
+    return [f"Rationale filters, {METHOD_TITLES[method]} ({entry['runs']} runs): of {entry['given']:,} rationales, "
+            + ", ".join(f"`{name}` removed {n:,}" for name, n in entry["removed"].items())
+            + f"; {entry['kept']:,} kept for the rationale task (filtered examples stay in the label task)."
+            for method, entry in filters.items()]
 
 
 def _convergence_fact(method: str, entry: dict) -> str:
@@ -171,10 +237,13 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
     if info.get("pretraining_exposure"):
         facts.insert(0, f"**Pre-training exposure:** {info['pretraining_exposure']}")
     facts += [_convergence_fact(method, entry) for method, entry in info.get("convergence", {}).items()]
+    facts += _filter_facts(info.get("rationale_filters", {}))
     facts.append(f"Runs finished: {info['runs_finished']}; sum of run wall times {info['sum_of_run_wall_s']:,.0f} s"
                  + (f"; this invocation {info['sweep_wall_s_this_invocation']:,.0f} s."
                     if info.get("sweep_wall_s_this_invocation") is not None else "."))
     lines += [f"- {fact}" for fact in facts]
+    if info.get("spend"):
+        lines.append(_spend_table(info["spend"]))
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in info["plots"].values()) + ". Per-run results: `runs/`.", ""]
     return "\n".join(lines)
 
