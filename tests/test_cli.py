@@ -148,3 +148,15 @@ def test_every_train_config_field_is_a_train_option():
     groups = _option_groups(_commands()["train"])
     assert all(groups[field.name] == f"student.{field.name}" for field in fields(TrainConfig))
     assert groups["task"] == "data.task" and groups["fraction"] == "subset.fraction"
+
+
+def test_generate_against_an_unreachable_server_fails_saying_how_many_and_why(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    examples = tmp_path / "train.jsonl"
+    examples.write_text("".join(json.dumps({"id": i, "premise": "A dog runs.", "hypothesis": "An animal moves.",
+                                            "label": "entailment"}) + "\n" for i in range(2)))
+    line = _error_line(capsys, ["generate", "--task", "esnli", "--source", "jsonl", "--files",
+                                json.dumps({"train": str(examples)}), "--teacher", "openai:m", "--base-url",
+                                "http://127.0.0.1:9/v1", "--max-attempts", "1", "--timeout", "1", "--progress", "false",
+                                "--out", str(tmp_path / "out.jsonl")])
+    assert line == f"error: no usable rationale from openai:m: 2 examples failed (connection 2); see {tmp_path / 'out.jsonl'}"
