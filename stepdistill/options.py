@@ -81,8 +81,7 @@ def load_data(options: DataOptions, splits: list[str] | tuple[str, ...] | None =
               rationales: str | list[str] | None = None):
     """The task's splits from ``options``; with ``rationales`` (cache paths or globs) the train split's teacher
     outputs come from those caches instead (joined by id; examples a cache lacks are marked ``missing``)."""
-    from .data import load_task_data
-    from .data import split_report
+    from .data import load_task_data, split_report
     from .rationales import attach_rationales, load_rationale_caches
 
     if not options.task:
