@@ -15,6 +15,7 @@ import argparse
 import time
 
 from stepdistill.experiments import curve_command
+from stepdistill.options import DataOptions
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     preset_name = args.preset.rsplit("/", 1)[-1].removesuffix(".json")
     for task in args.tasks:
         started = time.perf_counter()
-        curve_command(task, preset=args.preset, data_dir=args.data_dir, out_dir=f"{args.reports}/{task}-{preset_name}",
-                      workers=args.workers)
+        curve_command(DataOptions(task=task, data_dir=args.data_dir), preset=args.preset,
+                      out_dir=f"{args.reports}/{task}-{preset_name}", workers=args.workers)
         print(f"{task}: {time.perf_counter() - started:,.0f} s wall")
 
 

@@ -1,22 +1,33 @@
 """The `stepdistill` command: each subcommand is a typed function elsewhere in the package (help from its docstring).
 
-Command modules import heavy libraries (torch, transformers) inside the function, so `--help` stays fast.
+Options come from the functions' signatures; a parameter typed as a dataclass (DataOptions, SubsetOptions,
+TrainConfig) becomes a group of options, ``--student.max_steps``, which also answers to its flat name
+``--max-steps``. Command modules import heavy libraries (torch, transformers) inside the function, so `--help` stays
+fast. Expected failures (bad input, bad option values) end as one ``error: ...`` line and exit status 1 (2 for
+option syntax); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import sys
+import typing
+
+from jsonargparse import ArgumentParser
 
 
 def _commands() -> dict:
     from .data import data_command
     from .experiments import curve_command
+    from .experiments.experiment_file import run_command
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
     from .serving.export import export_command
     from .serving.server import serve_command
+    from .insights.command import inspect_command
 
     return {
         "data": data_command,
@@ -24,23 +35,96 @@ def _commands() -> dict:
         "generate": generate_command,
         "train": train_command,
         "predict": predict_command,
+        "run": run_command,
         "demo": demo_command,
         "serve": serve_command,
         "export": export_command,
+        "inspect": inspect_command,
     }
 
 
-def _accept_dashes(args: list[str]) -> list[str]:
-    # jsonargparse names options after the parameters (--data_dir); accept the usual --data-dir spelling too
-    return [re.sub(r"^(--[a-z0-9_-]+)", lambda m: m.group(1)[:2] + m.group(1)[2:].replace("-", "_"), arg)
-            if arg.startswith("--") else arg for arg in args]
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The project's error types for bad input; anything else is a bug and keeps its traceback."""
+    from .data import DataError
+    from .teacher.teachers import TeacherFatalError
+
+    # ValueError: bad option values and specs (TrainConfig, get_task, presets, subsample) raise it with a message
+    return DataError, TeacherFatalError, ValueError, FileNotFoundError, NotADirectoryError
+
+
+class _OneLineErrors(ArgumentParser):
+    """Option errors as one ``error:`` line (argparse prints the whole usage first)."""
+
+    def error(self, message, ex=None):  # noqa: D102
+        message = re.sub(r'Parser key "([^"]+)":', r"option --\1:", " ".join(str(message).split()))
+        print("error: " + message, file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _document_from_comments(cls: type) -> None:
+    # jsonargparse takes option help from docstrings; TrainConfig documents its fields with trailing comments
+    if "Attributes:" in (cls.__doc__ or ""):
+        return
+    helps, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        comment = re.match(r"^\s*#\s?(.*)$", line)
+        field = re.match(r"^\s+(\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if comment:
+            pending.append(comment.group(1))
+        elif field and field.group(1) in cls.__dataclass_fields__:
+            helps[field.group(1)] = " ".join(pending + [field.group(2) or ""]).strip()
+            pending = []
+        else:
+            pending = []
+    lines = [f"        {name}: {text}" for name, text in helps.items() if text]
+    cls.__doc__ = (cls.__doc__ or cls.__name__) + "\n\n    Attributes:\n" + "\n".join(lines) + "\n"
+
+
+def _option_groups(command) -> dict[str, str]:
+    """Flat option name -> its dotted name, for the command's dataclass-typed parameters."""
+    hints = typing.get_type_hints(command)
+    flat: dict[str, str] = {}
+    for name in inspect.signature(command).parameters:
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint):
+            _document_from_comments(hint)
+            for field in dataclasses.fields(hint):
+                flat.setdefault(field.name, f"{name}.{field.name}")
+    for name in inspect.signature(command).parameters:
+        flat.pop(name, None)  # a top-level parameter keeps its own name
+    return flat
+
+
+def _normalise(args: list[str], commands: dict) -> list[str]:
+    """--data-dir -> --data_dir (jsonargparse names options after parameters), flat names -> their group."""
+    groups = _option_groups(commands[args[0]]) if args and args[0] in commands else {}
+    if args[:1] == ["run"] and len(args) > 1 and not args[1].startswith("-"):
+        args = ["run", "--experiment", *args[1:]]  # `stepdistill run exp.yaml`
+    out = []
+    for arg in args:
+        match = re.match(r"^--([a-z0-9_.-]+)(=.*)?$", arg)
+        if match:
+            name = match.group(1).replace("-", "_")
+            arg = f"--{groups.get(name, name)}{match.group(2) or ''}"
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    args = sys.argv[1:] if argv is None else argv
-    auto_cli(_commands(), args=_accept_dashes(args), as_positional=False)
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [arg for arg in args if arg != "--debug"]
+    commands = _commands()
+    for command in commands.values():
+        _option_groups(command)  # help text for the dataclass groups, also in `--help`
+    try:
+        auto_cli(commands, args=_normalise(args, commands), as_positional=False, parser_class=_OneLineErrors)
+    except _expected_errors() as exc:
+        if debug:
+            raise
+        raise SystemExit("error: " + " ".join(str(exc).split())) from None
 
 
 if __name__ == "__main__":

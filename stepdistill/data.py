@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .options import DataOptions, SubsetOptions  # the data command's options (options.py imports data lazily)
 from .sources import HUB_SPLITS, SOURCES, SPLITS, DataError, Raw, TeacherOutputs, _teacher_from_dir, read_jsonl
 from .tasks import Task, get_task
 
@@ -301,14 +302,15 @@ def carve_valid_split(records: list[dict[str, Any]], size: float | int = DEFAULT
 
 # -- the `data` command ----------------------------------------------------------------------------------------
 
-def format_report(data: TaskData, subset_sizes: dict[str, int] | None = None) -> str:
+def format_report(data: TaskData, subset_of: dict[str, int] | None = None) -> str:
+    """The text report; ``subset_of`` names the splits whose report is of a subsample (split -> size before it)."""
     lines = [f"task {data.task.name} (source: {data.source})"]
     for split, report in data.report.items():
         full = data.task.full_split_sizes.get(split)
         of_full = f" of {full:,} in the full split" if full and full != report.examples else ""
+        if subset_of and split in subset_of:
+            of_full = f" (subsample of the {subset_of[split]:,} loaded{of_full.replace(' of ', '; ', 1)})"
         lines.append(f"\n[{split}] {report.examples:,} examples{of_full}")
-        if subset_sizes and split in subset_sizes:
-            lines.append(f"  subsampled to {subset_sizes[split]:,}")
         labels = ", ".join(f"{label} {count:,} ({count / report.examples:.1%})" for label, count in report.labels.most_common(10))
         lines.append(f"  labels: {labels}" + (" ..." if len(report.labels) > 10 else ""))
         lines.append(f"  teacher outputs parsed: {report.teacher_ok:,}; teacher-label agreement with gold: {report.agreement:.1%}")
@@ -320,49 +322,36 @@ def format_report(data: TaskData, subset_sizes: dict[str, int] | None = None) ->
     return "\n".join(lines)
 
 
-def data_command(task: str = "esnli", data_dir: str | None = None, source: str = "local",
-                 splits: list[str] | None = None, fraction: float | None = None, count: int | None = None,
-                 data_seed: int = 0, stratify: bool = False, files: dict[str, str] | None = None,
-                 fields: dict[str, str] | None = None, teacher_field: str | None = None,
-                 teacher_dir: str | None = None, hub_name: str | None = None, json: bool = False) -> None:
-    """Load a task from a data source, optionally subsample the train split, and print what is there.
+def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | None = None,
+                 rationales: str | list[str] | None = None, json: bool = False) -> None:
+    """Load a task from a data source and print what is there (flat names work: --task, --fraction).
 
     Prints counts per split, the label distribution, teacher-label agreement with gold and unusable teacher
-    outputs by reason.
+    outputs by reason; with --fraction/--count, the train figures are the subsample's own.
 
     Args:
-        task: Registered task name (esnli, anli1, cqa, svamp), a task spec ``.json`` or ``file.py:Class``.
-        data_dir: Data folder (source local/official). Default: $STEPDISTILL_DATA_DIR, else ../shared/data.
-        source: One of local, official, hub, jsonl, csv.
+        data: Where the examples and teacher outputs come from.
+        subset: A nested subsample of train (its own counts are reported).
         splits: Splits to load (default: all that exist).
-        fraction: Subsample train to this fraction of the full public split (e.g. 0.001 for 0.1%).
-        count: Subsample train to this many examples (instead of fraction).
-        data_seed: Seed of the subsample (separate from any training seed).
-        stratify: Keep label proportions in the subsample.
-        files: For jsonl/csv sources: split -> file, e.g. ``{train: my_train.jsonl, test: my_test.jsonl}``.
-        fields: For jsonl/csv sources: task field -> column name in the files.
-        teacher_field: For jsonl/csv sources: column holding raw teacher output, if any.
-        teacher_dir: For the hub source: folder with teacher outputs (palm_{split}.jsonl.gz or llm/ chunks).
-        hub_name: For the hub source: dataset name or path for datasets.load_dataset.
+        rationales: `stepdistill generate` caches (paths or globs) whose teacher outputs replace the data's own
+            for the train split, joined by id.
         json: Print the report as JSON instead of text.
     """
-    options = {key: value for key, value in dict(files=files, fields=fields, teacher_field=teacher_field,
-                                                  teacher_dir=teacher_dir, hub_name=hub_name).items() if value}
-    try:
-        data = load_task_data(task, data_dir=data_dir, source=source, splits=splits, **options)
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    subset_sizes = {}
-    if (fraction is not None or count is not None) and "train" in data.splits:
-        subset = subsample(data.splits["train"], fraction=fraction, count=count, seed=data_seed,
-                           full_size=data.task.full_split_sizes.get("train"), stratify=stratify)
-        subset_sizes["train"] = len(subset)
+    from .options import load_data, train_subset
+
+    loaded = load_data(data, splits=splits, rationales=rationales)
+    subset_of = {}
+    if subset.active and "train" in loaded.splits:
+        records = train_subset(loaded, subset)
+        subset_of["train"] = len(loaded.splits["train"])
+        loaded.report["train"] = split_report(loaded.task, records)
     if json:
         import json as json_module
 
-        payload = {split: report.as_dict() for split, report in data.report.items()}
-        if subset_sizes:
-            payload["subsample"] = {"train": subset_sizes["train"], "data_seed": data_seed}
-        print(json_module.dumps({"task": data.task.name, "source": source, "splits": payload}, indent=2))
+        payload = {split: report.as_dict() for split, report in loaded.report.items()}
+        if subset_of:
+            payload["subsample"] = {"train": loaded.report["train"].examples, "of": subset_of["train"],
+                                    "data_seed": subset.data_seed}
+        print(json_module.dumps({"task": loaded.task.name, "source": data.source, "splits": payload}, indent=2))
     else:
-        print(format_report(data, subset_sizes))
+        print(format_report(loaded, subset_of))

@@ -348,6 +348,27 @@ def test_second_sweep_in_the_same_folder_is_refused(tmp_path):
     assert not (out / "runs").exists()
 
 
+def test_sweep_lock_is_removed_when_the_sweep_ends_also_by_an_error(tmp_path):
+    from stepdistill.data import load_task_data
+
+    data = load_task_data("esnli", data_dir=make_esnli_folder(tmp_path / "data"))
+    out = tmp_path / "out"
+    seen = []
+
+    def fake_train(task, train, valid, test, config, run_dir, extra=None):
+        seen.append((out / "sweep.lock").exists())  # held while the sweep runs
+        raise RuntimeError("training failed")
+
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_sweep("esnli", data.splits, PRESETS["smoke"], out, train_fn=fake_train, echo=lambda _: None)
+    assert seen == [True]
+    assert not (out / "sweep.lock").exists()
+    (out / "sweep.lock").write_text("")  # left by a SIGKILLed sweep: unlocked, so the next sweep takes it over
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_sweep("esnli", data.splits, PRESETS["smoke"], out, train_fn=fake_train, echo=lambda _: None)
+    assert not (out / "sweep.lock").exists()
+
+
 def test_cpu_preset_task_overrides():
     esnli, anli = PRESETS["cpu"].for_task(get_task("esnli")), PRESETS["cpu"].for_task(get_task("anli1"))
     assert (esnli.max_steps, esnli.batch_size, esnli.eval_steps) == (120, 16, 40)
@@ -497,11 +518,12 @@ def test_smoke_report_equals_aggregation_of_run_files(resumed_sweep):
 @pytest.mark.slow
 def test_report_only_rebuilds_the_same_report(resumed_sweep, capsys):
     from stepdistill.experiments import curve_command
+    from stepdistill.options import DataOptions
 
     out = resumed_sweep["out"]
     before = (out / "summary.csv").read_text()
     (out / "summary.csv").unlink()
-    curve_command("esnli", preset="smoke", data_dir=str(resumed_sweep["data_dir"]), out_dir=str(out),
+    curve_command(DataOptions(task="esnli", data_dir=str(resumed_sweep["data_dir"])), preset="smoke", out_dir=str(out),
                   report_only=True)
     assert (out / "summary.csv").read_text() == before
     assert "Runs finished: 8" in capsys.readouterr().out

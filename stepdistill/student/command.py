@@ -4,128 +4,130 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
+
+from ..options import DataOptions, SubsetOptions
+from .config import META_FILE, TrainConfig
 
 
-def train(task: str, output_dir: str, data_dir: str | None = None, source: str = "local", method: str = "step-by-step",
-          label_source: str = "gold", fraction: float | None = None, count: int | None = None, data_seed: int = 0,
-          stratify: bool = False, model: str = "tiny", alpha: float = 0.5, max_steps: int = 10_000,
-          batch_size: int = 64, per_device_batch_size: int | None = None, learning_rate: float = 5e-5,
-          eval_steps: int = 250, seed: int = 0, bf16: bool = False, fp16: bool = False,
-          max_input_length: int = 1024, max_target_length: int = 256, label_prefix: str = "[label] ",
-          rationale_prefix: str = "[rationale] ", generate_rationales: bool = False, report_to: str = "none",
-          resume_from_checkpoint: str | None = None, keep_checkpoints: bool = False,
-          deepspeed: str | None = None, fsdp: str = "", length_chunks: int | None = None) -> dict:
-    """Train a student on a task's train split (optionally subsampled), select on valid, score test once.
+def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: TrainConfig,
+          rationales: str | list[str] | None = None, valid_size: int | Literal["all"] = 1000,
+          test_size: int | Literal["all"] = "all") -> dict:
+    """Train a student on a train split, select on valid, score test once (flat names work: --max-steps, --task).
 
-    Launch with `accelerate launch -m stepdistill.cli train ...` or `torchrun` for several devices: the
-    global batch stays `batch_size`.
+    Every --group.option also answers to its flat name: --max-steps for --student.max_steps, --task for --data.task.
+
+    Launch with `accelerate launch -m stepdistill.cli train ...` or
+    `torchrun` for several devices: the global batch stays --batch-size.
 
     Args:
-        task: Task name (esnli, anli1, cqa, svamp, arith-demo), spec.json or file.py:Class.
         output_dir: Run folder: results.json, config.json, predictions_*.jsonl, model/.
-        data_dir: Data folder (default: $STEPDISTILL_DATA_DIR or ../shared/data).
-        source: Data source: local, official, hub or user.
-        method: standard (label task only) or step-by-step (label + rationale tasks).
-        label_source: gold (human labels) or teacher (the teacher's labels).
-        fraction: Train on this fraction of the full train split (nested across fractions).
-        count: Or on this many training examples.
-        data_seed: Seed of the training subset (separate from the training seed).
-        stratify: Keep label proportions in the subset.
-        model: Student: tiny (built offline), minilm2minilm (extra `pretrained`), encoder_path+decoder_path
-            (warm-started BERT-like pair), a hub name or a local checkpoint folder.
-        alpha: Label-loss weight; the rationale loss gets 1 - alpha.
-        max_steps: Optimizer steps.
-        batch_size: Global batch size (the same on any number of devices).
-        per_device_batch_size: Micro-batch cap per device (gradient accumulation makes up the rest).
-        learning_rate: AdamW learning rate.
-        eval_steps: Validation accuracy (and a checkpoint) every this many steps.
-        seed: Training seed.
-        bf16: bf16 mixed precision.
-        fp16: fp16 mixed precision (GPU).
-        max_input_length: Input tokens kept.
-        max_target_length: Target (rationale) tokens kept.
-        label_prefix: Prefix of label-task inputs.
-        rationale_prefix: Prefix of rationale-task inputs.
-        generate_rationales: Also generate rationales for the test predictions.
-        report_to: Trainer loggers: none, tensorboard, wandb, ...
-        resume_from_checkpoint: A checkpoint folder, or "last" for the latest in output_dir/checkpoints.
-        keep_checkpoints: Keep output_dir/checkpoints after training.
-        deepspeed: DeepSpeed JSON config.
-        fsdp: Trainer fsdp option, e.g. "full_shard auto_wrap".
-        length_chunks: Run each micro-batch in this many length-sorted chunks, each padded to its own longest row:
-            the same update, less padding computed (default: 4 on a CPU with one torch thread, else 1).
+        data: Where the examples and teacher outputs come from.
+        subset: Which training examples (nested subsets for data-efficiency curves).
+        student: Student training settings (stepdistill.student.config.TrainConfig).
+        rationales: `stepdistill generate` caches (paths or globs, e.g. 'shards/*.jsonl') whose teacher outputs
+            replace the data's own for the train split, joined by id (examples they lack count as missing).
+        valid_size: Validation during training on a fixed subset of this many valid examples (seed 0), or all.
+        test_size: Score test once, at the end, on the whole split (all) or on a fixed subset (seed 0) for a quick
+            check.
     """
-    from ..data import load_task_data, subsample
-    from .trainer import TrainConfig, run_training
+    from ..data import DataError
+    from ..options import load_data, train_subset
+    from .trainer import run_training
 
-    if task == "arith-demo":
-        from .. import demo  # noqa: F401  (registers the demo task)
-    data = load_task_data(task, data_dir=data_dir, source=source)
+    loaded = load_data(data, rationales=rationales)
     for split in ("train", "valid"):
-        if split not in data.splits:
-            raise SystemExit(f"task {task}: no '{split}' split in {data_dir or 'the default data folder'}")
-    train_records = data.splits["train"]
-    if fraction is not None or count is not None:
-        train_records = subsample(train_records, fraction=fraction, count=count, seed=data_seed,
-                                  full_size=data.task.full_split_sizes.get("train") if fraction else None,
-                                  stratify=stratify)
-    config = TrainConfig(
-        model=model, method=method, label_source=label_source, alpha=alpha, label_prefix=label_prefix,
-        rationale_prefix=rationale_prefix, max_steps=max_steps, batch_size=batch_size,
-        per_device_batch_size=per_device_batch_size, learning_rate=learning_rate, eval_steps=eval_steps, seed=seed,
-        bf16=bf16, fp16=fp16, max_input_length=max_input_length, max_target_length=max_target_length,
-        generate_rationales=generate_rationales, report_to=report_to, resume_from_checkpoint=resume_from_checkpoint,
-        keep_checkpoints=keep_checkpoints, deepspeed=deepspeed, fsdp=fsdp, length_chunks=length_chunks)
-    results = run_training(data.task, train_records, data.splits["valid"], data.splits.get("test", []), config,
-                           output_dir, extra={"fraction": fraction, "data_seed": data_seed})
+        if split not in loaded.splits:
+            raise DataError(f"task {loaded.task.name}: no '{split}' split (source {data.source}"
+                            + (f", {data.data_dir}" if data.data_dir else "") + ")")
+    train_records = train_subset(loaded, subset)
+    valid = _fixed_subset(loaded.splits["valid"], valid_size, "--valid-size")
+    test = _fixed_subset(loaded.splits.get("test", []), test_size, "--test-size")
+    extra = {"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
+             "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"]),
+             "test_size": len(test), "test_full_size": len(loaded.splits.get("test", [])),
+             "valid_carved": loaded.valid_carved}
+    results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra)
     import torch.distributed as dist
 
     if dist.is_initialized():  # leave the process group cleanly (a rank exiting mid-teardown aborts its peers)
         dist.barrier()
         dist.destroy_process_group()
     if results.get("processes", 1) == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: results[k] for k in ("task", "method", "label_source", "count", "steps",
-                                                  "valid_accuracy", "test_accuracy", "wall_seconds")}, indent=2))
+        print(json.dumps({k: results.get(k) for k in ("task", "method", "label_source", "count", "steps",
+                                                      "valid_accuracy", "valid_size", "test_accuracy", "test_size",
+                                                      "wall_seconds")}, indent=2))
     return results
 
 
-def predict(model_dir: str, input: str | None = None, input_file: str | None = None, output_file: str | None = None,
-            rationales: bool = False, task: str | None = None, batch_size: int = 64) -> None:
-    """Predict labels (and rationales) with a trained student.
+def _fixed_subset(records: list[dict], size: int | str, option: str) -> list[dict]:
+    """``size`` records picked by a fixed seed (0), the same for every run; all of them for "all"."""
+    from ..data import subsample
+
+    if size == "all" or (isinstance(size, int) and size >= len(records)):
+        return records
+    if size < 1:
+        raise ValueError(f"option {option}: must be a positive number or all, got {size}")
+    return subsample(records, count=size, seed=0)
+
+
+def predict(model_dir: str, data: DataOptions, input: str | None = None, input_file: str | None = None,
+            split: str | None = None, output_file: str | None = None, rationales: bool = False,
+            batch_size: int = 64) -> None:
+    """Predict labels (and rationales) with a trained student (flat names work: --task, --fields).
+
+    Inputs: one --input, an --input-file (JSON Lines or .csv, columns renamed with --fields), or a whole --split
+    of a task's data from any source (the options of `stepdistill data`; rows then carry their gold label). The task
+    is the one saved with the model unless --task names another.
 
     Args:
         model_dir: A run folder from `stepdistill train` (or its model/ subfolder).
         input: One input: formatted text, or a JSON object with the task's fields.
-        input_file: JSON Lines of inputs (objects with the task's fields, or {"input": text}); "-" reads stdin.
+        input_file: JSON Lines (objects with the task's fields, or {"input": text}) or CSV; "-" reads JSON Lines
+            from stdin.
+        data: Where --split comes from; --fields also renames --input-file columns; --task overrides the saved task.
+        split: Predict every example of this split (train, valid, test) of the data options.
         output_file: Write predictions as JSON Lines here (default: print them).
         rationales: Also generate a rationale for each input.
-        task: Override the task saved with the model.
         batch_size: Inputs per batch.
     """
     import jsonlines
 
+    from ..options import load_data
+    from ..tasks import get_task
     from .predict import load_trained_student, predict as run_predict
 
-    if (input is None) == (input_file is None):
-        raise SystemExit("give exactly one of --input or --input_file")
+    if sum(x is not None for x in (input, input_file, split)) != 1:
+        raise ValueError("give exactly one of --input, --input-file or --split")
+    metas = [Path(model_dir) / sub / META_FILE for sub in (".", "model") if (Path(model_dir) / sub / META_FILE).is_file()]
+    if not metas:
+        raise FileNotFoundError(f"{model_dir}: not a run folder of `stepdistill train` (no {META_FILE} in it or in "
+                                "its model/; option --model-dir)")
+    meta = json.loads(metas[0].read_text())
+    task = data.task or meta.get("task_reference") or meta.get("task")  # a reference rebuilds a spec/file task
+    if task == "arith-demo":
+        from .. import demo  # noqa: F401  (registers the demo task)
+    get_task(task)  # an unknown --task fails here, before the model loads
+    gold: list = []
     items: list = []
-    if input is not None:
+    if split is not None:
+        loaded = load_data(replace(data, task=task), splits=[split])  # task: a name, path or saved reference
+        items = [record["fields"] for record in loaded.splits[split]]
+        gold = [record["label"] for record in loaded.splits[split]]
+    elif input is not None:
         text = input.strip()
-        items.append(json.loads(text) if text.startswith("{") else input)
+        try:
+            items.append(json.loads(text) if text.startswith("{") else input)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"option --input: malformed JSON: {exc.msg}") from None
     else:
-        handle = sys.stdin if input_file == "-" else open(input_file, encoding="utf-8")
-        with handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SystemExit(f"{input_file}: line {lineno}: malformed JSON: {exc.msg}") from None
-                items.append(obj["input"] if isinstance(obj, dict) and set(obj) == {"input"} else obj)
+        items = _read_inputs(input_file, data.fields or {})
     student = load_trained_student(model_dir, task)
     rows = run_predict(student, items, rationales=rationales, batch_size=batch_size)
+    for row, label in zip(rows, gold):
+        row["gold"] = label
     if output_file:
         Path(output_file).parent.mkdir(parents=True, exist_ok=True)
         with jsonlines.open(output_file, "w") as writer:
@@ -134,3 +136,34 @@ def predict(model_dir: str, input: str | None = None, input_file: str | None = N
     else:
         for row in rows:
             print(json.dumps(row))
+
+
+def _read_inputs(input_file: str, fields: dict[str, str]) -> list:
+    """Rows of an input file, columns renamed task field <- file column as in the data options' --fields."""
+    import csv
+
+    from ..data import DataError, read_jsonl
+
+    rename = {column: ours for ours, column in fields.items()}
+    if input_file == "-":
+        rows = []
+        for lineno, line in enumerate(sys.stdin, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"<stdin>: line {lineno}: malformed JSON: {exc.msg}") from None
+    elif not Path(input_file).is_file():
+        raise DataError(f"{input_file}: file not found (option --input-file)")
+    elif input_file.endswith((".csv", ".csv.gz")):
+        with open(input_file, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = [obj for _, obj in read_jsonl(Path(input_file))]
+    items = []
+    for row in rows:
+        if isinstance(row, dict) and set(row) == {"input"}:
+            items.append(row["input"])
+        else:
+            items.append({rename.get(key, key): value for key, value in row.items()} if isinstance(row, dict) else row)
+    return items

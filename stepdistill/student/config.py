@@ -58,6 +58,8 @@ class TrainConfig:
     tiny_overrides: dict[str, Any] = field(default_factory=dict)  # T5Config fields (and vocab_size) for "tiny"
     log_batch_ids: bool = False  # write the example ids of every micro-batch (for checking data order)
     disable_tqdm: bool = True
+    # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
+    rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -70,5 +72,8 @@ class TrainConfig:
             raise ValueError("label_prefix and rationale_prefix must differ")
         if self.length_chunks is not None and self.length_chunks < 1:
             raise ValueError(f"length_chunks must be at least 1, got {self.length_chunks}")
+        from ..rationale_filters import parse_filters
+
+        parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")

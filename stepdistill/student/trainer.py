@@ -456,6 +456,12 @@ def run_training(task: str | Task, train_records: list[dict[str, Any]], valid_re
                              init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
         model_source = str(init_dir)
     model, tokenizer = load_student(model_source)
+    if config.rationale_filter:  # token lengths need the tokenizer; filtered examples stay in the label task
+        from ..rationale_filters import filter_rationales
+
+        examples, counts["rationale_filter"] = filter_rationales(
+            task, examples, train_records, config.rationale_filter, tokenizer, config.max_target_length)
+        counts["rationale_task"] = counts["rationale_filter"]["kept"]
     train_dataset = tokenize_examples(examples, tokenizer, config)
     batch_log = None
     if config.log_batch_ids:

@@ -6,11 +6,11 @@ import glob
 import json
 from pathlib import Path
 
+from ..options import DataOptions
 
-def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data", out: str = "rationales.jsonl",
-                     split: str = "train", data_dir: str | None = None, source: str = "local",
-                     files: dict[str, str] | None = None, fields: dict[str, str] | None = None,
-                     limit: int | None = None, shard: str | None = None, concurrency: int = 16,
+
+def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", out: str = "rationales.jsonl",
+                     split: str = "train", limit: int | None = None, shard: str | None = None, concurrency: int = 16,
                      prompt: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                      n: int = 1, seed: int | None = None, endpoint: str = "chat", base_url: str | None = None,
                      api_key: str | None = None, timeout: float = 60.0, max_attempts: int = 6,
@@ -18,21 +18,20 @@ def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data"
                      prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
                      filter_gold: bool = False, retry_failed: bool = False, merge: str | None = None,
                      summary_json: str | None = None, progress: bool = True) -> None:
-    """Prompt a teacher for a rationale and label per example; resumable (a rerun sends nothing for cached work).
+    """Ask a teacher for a rationale and label per example, resumably (flat names work: --task, --data-dir).
+
+    A rerun sends nothing for cached work.
 
     Prints a progress bar (done, cached, failed, tokens, cost) and a summary: parse failures by reason, request
-    failures by reason and teacher-label agreement with gold.
+    failures by reason and teacher-label agreement with gold. Exits with an error when no usable rationale came
+    out (every request or parse failed), saying how many failed and why.
 
     Args:
-        task: Registered task name (esnli, anli1, cqa, svamp), a task spec ``.json`` or ``file.py:Class``.
+        data: Where the examples come from (the same options as ``stepdistill data``).
         teacher: ``openai:MODEL`` (any OpenAI-compatible server), ``hf:PATH`` (local causal LM) or ``replay:DIR``
             (released outputs: a ../shared/data-style folder or the official datasets/ layout).
         out: The JSON Lines cache to write (appended to; one record per example).
         split: Split to generate for.
-        data_dir: Data folder for the examples (source local/official). Default: $STEPDISTILL_DATA_DIR, else ../shared/data.
-        source: Example source: local, official, hub, jsonl or csv (see ``stepdistill data``).
-        files: For jsonl/csv sources: split -> file, e.g. ``{train: my_train.jsonl}``.
-        fields: For jsonl/csv sources: task field -> column name in the files.
         limit: Only the first N examples (after sharding).
         shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
             ``--merge``).
@@ -60,7 +59,8 @@ def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data"
         summary_json: Also write the summary as JSON to this file.
         progress: Show the progress bar.
     """
-    from ..data import DataError, load_task_data
+    from ..data import DataError
+    from ..options import load_data
     from .generator import CacheError, RationaleGenerator, format_summary, merge_caches
     from .teachers import GenerationParams, TeacherFatalError, make_teacher
 
@@ -86,15 +86,15 @@ def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data"
                        prices={model: tuple(price) for model, price in (prices or {}).items()})
     elif kind == "hf":
         options = dict(device=device, batch_size=batch_size)
-    data_options = {key: value for key, value in dict(files=files, fields=fields).items() if value}
     try:
-        data = load_task_data(task, data_dir=data_dir, source=source, splits=[split], **data_options)
-        teacher_obj = make_teacher(teacher, data.task.name, split, **options)
+        loaded = load_data(data, splits=[split])
+        examples = loaded.splits[split]
+        teacher_obj = make_teacher(teacher, loaded.task.name, split, **options)
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
-        generator = RationaleGenerator(data.task, teacher_obj, out, template=prompt, params=params,
+        generator = RationaleGenerator(loaded.task, teacher_obj, out, template=prompt, params=params,
                                        concurrency=concurrency, filter_gold=filter_gold, retry_failed=retry_failed,
                                        shard=shard, progress=progress)
-        result = generator.run(data.splits[split], limit=limit)
+        result = generator.run(examples, limit=limit)
     except (DataError, CacheError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     except TeacherFatalError as exc:
@@ -102,8 +102,14 @@ def generate_command(task: str = "esnli", teacher: str = "replay:../shared/data"
     print(format_summary(result.summary))
     print(f"records: {out}")
     if summary_json:
-        Path(summary_json).write_text(json.dumps({"task": data.task.name, "split": split, "teacher": teacher_obj.model_id,
+        Path(summary_json).write_text(json.dumps({"task": loaded.task.name, "split": split, "teacher": teacher_obj.model_id,
                                                   **result.summary.as_dict()}, indent=2))
+    summary = result.summary
+    if summary.examples and not summary.ok:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in
+                            (summary.request_failures + summary.parse_failures).most_common())
+        raise SystemExit(f"error: no usable rationale from {teacher}: {summary.examples:,} examples failed"
+                         f" ({reasons or f'{summary.filtered:,} dropped by the gold filter'}); see {out}")
 
 
 if __name__ == "__main__":  # `python -m stepdistill.teacher.command ...`, the command without the rest of the CLI

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import jsonlines
 
+from ..rationales import CacheError, attach_rationales, index_by_key, load_rationales, read_cache  # noqa: F401
 from ..tasks import Task, get_task
 from .prompts import PromptTemplate, load_template, template_for_task
 from .teachers import GenerationParams, Reply, Teacher
@@ -40,62 +41,9 @@ from .teachers import GenerationParams, Reply, Teacher
 STATUSES = ("ok", "parse_error", "failed", "filtered")
 
 
-class CacheError(ValueError):
-    """A cache file that cannot be read; the message names the file and line."""
+# -- cache files (read by the data layer's one reader; this module appends and merges) ----------------------------
 
-
-# -- cache files -----------------------------------------------------------------------------------------------
-
-def read_cache(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """All complete records in ``path`` and the byte length of a partial final line (0 if none).
-
-    A final line without its newline is an interrupted write and is not returned; any other bad line is an error.
-    """
-    path = Path(path)
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    partial = len(data) - end
-    records = []
-    for lineno, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CacheError(f"{path}: line {lineno}: not a JSON record ({exc}); only a final partial line is "
-                             "tolerated, so this file was edited or written by something else") from None
-        if not isinstance(record, dict) or "key" not in record or "id" not in record:
-            raise CacheError(f"{path}: line {lineno}: not a rationale record (needs fields 'id' and 'key')")
-        records.append(record)
-    return records, partial
-
-
-def _index(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """key -> record; a later record for a key replaces an earlier one (a retried failure)."""
-    return {record["key"]: record for record in records}
-
-
-def load_rationales(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Example id -> its record (the last one written), for training on generated rationales."""
-    return {record["id"]: record for record in _index(read_cache(path)[0]).values()}
-
-
-def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``."""
-    out = []
-    for example in examples:
-        record = cache.get(str(example["id"]))
-        if record is None:
-            update = dict(teacher_output=None, rationale=None, teacher_label=None, teacher_error="missing")
-        else:
-            usable = record["status"] == "ok"
-            update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
-                          teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
-        update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
-        out.append({**example, **update})
-    return out
+_index = index_by_key
 
 
 def merge_caches(inputs: Iterable[str | Path], out: str | Path) -> dict[str, int]:

@@ -1,0 +1,269 @@
+"""Running a sweep: one student per (method, fraction, seed), each in its own folder, resumable and lockable.
+
+A sweep trains one student per (method, fraction, seed) through :func:`stepdistill.student.trainer.run_training`
+and keeps every run in its own folder ``runs/<method>/fraction-<f>/seed-<s>``. A run is trained in
+``<folder>.partial`` and renamed to its final name only after its ``results.json`` is complete, so a folder
+without the suffix is always a finished run: a resumed sweep skips it and restarts a ``.partial`` one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..tasks import Task, get_task
+from .presets import METHODS, Preset
+
+RESULTS_FILE = "results.json"
+SWEEP_LOG = "sweep.log"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/fraction-{self.fraction:g}/seed-{self.seed}"
+
+
+def plan_runs(preset: Preset, task: Task) -> list[RunSpec]:
+    """Seeds outermost, so an interrupted sweep already holds complete curves for its first seeds."""
+    unknown = [m for m in preset.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return [RunSpec(method, fraction, seed)
+            for seed in preset.seeds for fraction in preset.fractions_for(task) for method in preset.methods]
+
+
+def check_fractions(preset: Preset, task: Task, n_train: int) -> dict[float, int]:
+    """Examples per fraction; fails before any training when a fraction needs more examples than exist."""
+    full = task.full_split_sizes.get("train", n_train)
+    counts = {f: round(f * full) for f in preset.fractions_for(task)}
+    too_big = {f: n for f, n in counts.items() if n > n_train or n < 1}
+    if too_big:
+        wanted = ", ".join(f"{f:.4g} ({f * 100:.4g}% of {full:,} = {n:,})" for f, n in too_big.items())
+        raise ValueError(f"task '{task.name}': fraction(s) {wanted} need more training examples than the "
+                         f"{n_train:,} that exist locally (largest possible fraction: {n_train / full:.4g})")
+    return counts
+
+
+def _log(out_dir: Path, *fields: Any) -> None:
+    # append + fsync: the log must survive a SIGKILL of the sweep (the resume test reads it)
+    with open(out_dir / SWEEP_LOG, "a") as handle:
+        handle.write("\t".join(str(f) for f in fields) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+LOCK_FILE = "sweep.lock"
+
+
+@contextmanager
+def _lock_sweep(out_dir: Path):
+    """An exclusive lock on the sweep folder: a second sweep there would restart the first one's runs.
+
+    The lock file is removed when the sweep ends, also by an exception (issue 15); after a SIGKILL it stays but is
+    unlocked, so the next sweep takes it over."""
+    import fcntl
+
+    path = out_dir / LOCK_FILE
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RuntimeError(f"{out_dir}: another sweep is running in this folder ({LOCK_FILE} is held)") from None
+        try:  # the file we locked may have been removed by a sweep that just ended: lock the current one instead
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield handle
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, so no other sweep can hold this file meanwhile
+        handle.close()
+
+
+def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
+    return Path(out_dir) / "runs" / spec.key
+
+
+def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, out_dir: str | os.PathLike,
+              train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
+              workers: int = 1) -> list[dict]:
+    """Train every planned run that has no finished folder yet; returns the results of all finished runs.
+
+    ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
+    ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` (same signature).
+    ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
+    (1 when unset).
+    """
+    from ..data import subsample
+
+    if train_fn is None:
+        from ..student.trainer import run_training as train_fn
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    task = get_task(task)
+    preset = preset.for_task(task)
+    threads = preset.torch_threads or (1 if workers > 1 else None)
+    if threads and workers == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _lock_sweep(out_dir):  # held for the whole sweep; the OS drops it if the process is killed
+        train, valid, test = eval_splits(splits, preset)
+        counts = check_fractions(preset, task, len(train))
+        full_train = task.full_split_sizes.get("train")
+        plan = plan_runs(preset, task)
+        done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
+        echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}"
+             + (f", {workers} at a time" if workers > 1 else ""))
+
+        def start(index: int, spec: RunSpec) -> tuple:
+            """Prepare the run's .partial folder and arguments; log its start."""
+            final = run_dir_for(out_dir, spec)
+            partial = final.with_name(final.name + ".partial")
+            if partial.exists():  # left by a crashed sweep: start that run again from scratch
+                shutil.rmtree(partial)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            trainer_method, label_source = METHODS[spec.method]
+            records = subsample(train, fraction=spec.fraction, seed=spec.seed, full_size=full_train)
+            assert len(records) == counts[spec.fraction]
+            config = make_train_config(preset, trainer_method, label_source, spec.seed)
+            extra = {"sweep_method": spec.method, "fraction": spec.fraction, "count": len(records),
+                     "data_seed": spec.seed, "preset": preset.name, "run_key": spec.key,
+                     "full_train_size": full_train, "valid_size": len(valid), "test_size": len(test)}
+            echo(f"[{index}/{len(plan)}] {spec.key}: {len(records):,} examples")
+            _log(out_dir, "start", spec.key, os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S"))
+            return (task, records, valid, test, config, partial), extra, time.perf_counter()
+
+        def finish(spec: RunSpec, partial: Path, extra: dict, started: float) -> None:
+            results = json.loads((partial / RESULTS_FILE).read_text())
+            results["sweep_wall_s"] = round(time.perf_counter() - started, 3)
+            results.update(extra)
+            if not preset.keep_models:  # a sweep of base-size models would otherwise fill the disk
+                for name in ("model", "checkpoints", "student-init"):
+                    shutil.rmtree(partial / name, ignore_errors=True)
+            _write_json_atomic(partial / RESULTS_FILE, results)
+            os.replace(partial, run_dir_for(out_dir, spec))  # atomic: the run counts as finished only from here on
+            _log(out_dir, "done", spec.key, os.getpid(), results["sweep_wall_s"])
+            echo(f"    {spec.key}: test accuracy {results.get('test_accuracy')}, "
+                 f"valid {results.get('valid_accuracy')}, {results['sweep_wall_s']:.1f} s")
+
+        pending = [(index, spec) for index, spec in enumerate(plan, start=1)
+                   if not (run_dir_for(out_dir, spec) / RESULTS_FILE).exists()]
+        if workers == 1:
+            for index, spec in pending:
+                args, extra, started = start(index, spec)
+                train_fn(*args, extra=extra)
+                finish(spec, args[-1], extra, started)
+        else:
+            _run_parallel(pending, start, finish, train_fn, workers, threads)
+    return load_results(out_dir)
+
+
+def _init_worker(threads: int) -> None:
+    import sys
+
+    import torch
+
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        # die with the sweep: an orphan would go on writing into a .partial folder that a resumed sweep restarts
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run_parallel(pending: list[tuple[int, RunSpec]], start: Callable, finish: Callable, train_fn: Callable,
+                  workers: int, threads: int) -> None:
+    """At most ``workers`` runs in flight, each in a spawned process; a run is finished (renamed, logged) by this
+    process as soon as it ends. On a failure the runs in flight still finish, then the error is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    queue = list(pending)
+    in_flight: dict = {}
+    error: BaseException | None = None
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        while queue or in_flight:
+            while queue and error is None and len(in_flight) < workers:
+                index, spec = queue.pop(0)
+                args, extra, started = start(index, spec)
+                in_flight[pool.submit(train_fn, *args, extra=extra)] = (spec, args[-1], extra, started)
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec, partial, extra, started = in_flight.pop(future)
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001  (re-raised below, after the others finish)
+                    error = error or exc
+                    continue
+                finish(spec, partial, extra, started)
+    if error is not None:
+        raise error
+
+
+def eval_splits(splits: dict[str, list[dict]], preset: Preset) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train records and the (optionally subsampled, fixed across runs) valid and test records."""
+    from ..data import subsample
+
+    missing = [s for s in ("train", "valid", "test") if not splits.get(s)]
+    if missing:
+        raise ValueError(f"a sweep needs train, valid and test splits; missing or empty: {', '.join(missing)}")
+    valid, test = splits["valid"], splits["test"]
+    if preset.valid_size and preset.valid_size < len(valid):
+        valid = subsample(valid, count=preset.valid_size, seed=0)
+    if preset.test_size and preset.test_size < len(test):
+        test = subsample(test, count=preset.test_size, seed=0)
+    return splits["train"], valid, test
+
+
+def make_train_config(preset: Preset, method: str, label_source: str, seed: int):
+    from ..student.trainer import TrainConfig
+
+    return TrainConfig(
+        model=preset.model, method=method, label_source=label_source, alpha=preset.alpha,
+        max_steps=preset.max_steps, batch_size=preset.batch_size, learning_rate=preset.learning_rate,
+        eval_steps=preset.eval_steps, seed=seed, bf16=preset.bf16, max_input_length=preset.max_input_length,
+        max_target_length=preset.max_target_length, **preset.trainer_options,
+    )
+
+
+def load_results(out_dir: str | os.PathLike) -> list[dict]:
+    """The results of every finished run under ``out_dir/runs`` (``.partial`` folders are ignored)."""
+    results = []
+    for path in sorted((Path(out_dir) / "runs").glob(f"*/*/*/{RESULTS_FILE}")):
+        if path.parent.name.endswith(".partial"):
+            continue
+        try:
+            results.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    return results
+

@@ -1,0 +1,96 @@
+"""Rationale caches (the JSON Lines files `stepdistill generate` writes), read and joined to data-layer records.
+
+This is the one reader of cache files: the teacher's generator appends to caches and imports it, and the training
+commands join caches to examples through it, so the student never needs the teacher package.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .data import DataError
+
+
+class CacheError(DataError):
+    """A cache file that cannot be read; the message names the file and line."""
+
+
+def read_cache(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """All complete records in ``path`` and the byte length of a partial final line (0 if none).
+
+    A final line without its newline is an interrupted write and is not returned; any other bad line is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    partial = len(data) - end
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{path}: line {lineno}: not a JSON record ({exc}); only a final partial line is "
+                             "tolerated, so this file was edited or written by something else") from None
+        if not isinstance(record, dict) or "key" not in record or "id" not in record:
+            raise CacheError(f"{path}: line {lineno}: not a rationale record (needs fields 'id' and 'key')")
+        records.append(record)
+    return records, partial
+
+
+def index_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """key -> record; a later record for a key replaces an earlier one (a retried failure)."""
+    return {record["key"]: record for record in records}
+
+
+def load_rationales(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Example id -> its record (the last one written), for training on generated rationales."""
+    return {str(record["id"]): record for record in index_by_key(read_cache(path)[0]).values()}
+
+
+def cache_paths(patterns: str | Iterable[str]) -> list[Path]:
+    """The files named by ``patterns`` (paths or globs); a pattern that matches nothing is an error."""
+    patterns = [patterns] if isinstance(patterns, (str, Path)) else list(patterns)
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(pattern))) or ([str(pattern)] if Path(pattern).is_file() else [])
+        if not matched:
+            raise DataError(f"{pattern}: no rationale cache matches (option --rationales)")
+        paths += [Path(path) for path in matched if Path(path) not in paths]
+    return paths
+
+
+def load_rationale_caches(patterns: str | Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Example id -> record over several caches or shards; a usable record wins over a failed one, else the later."""
+    joined: dict[str, dict[str, Any]] = {}
+    for path in cache_paths(patterns):
+        for example_id, record in load_rationales(path).items():
+            previous = joined.get(example_id)
+            if previous is None or not (previous.get("status") == "ok" and record.get("status") != "ok"):
+                joined[example_id] = record
+    return joined
+
+
+def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``.
+
+    An example the cache lacks is marked ``missing`` (kept, never blanked into a fake rationale).
+    """
+    out = []
+    for example in examples:
+        record = cache.get(str(example["id"]))
+        if record is None:
+            update = dict(teacher_output=None, rationale=None, teacher_label=None, teacher_error="missing")
+        else:
+            usable = record["status"] == "ok"
+            update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
+                          teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
+        update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
+        out.append({**example, **update})
+    return out
