@@ -103,12 +103,12 @@ def plot_spend(series: dict[str, dict[str, list[float]]], spend: dict[str, Any],
         from matplotlib.ticker import FuncFormatter
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"${value:,.4g}"))
-        ax.set_xlabel(f"Cost of the training data (USD): teacher {spend['teacher_model']} at "
+        ax.set_xlabel(f"Cost of the training data (USD)\nteacher {spend['teacher_model']} at "
                       f"${spend['prices'][0]:g} / ${spend['prices'][1]:g} per M in/out tokens, "
                       f"human labels ${spend['label_cost_usd']:g} each", fontsize=7)
     else:
-        ax.set_xlabel(f"Teacher tokens spent on the training examples (prompt + output; {spend['tokenizer']})",
-                      fontsize=7)
+        ax.set_xlabel(f"Teacher tokens spent on the training examples (prompt + output; no prices given)\n"
+                      f"counted with {spend['tokenizer']}", fontsize=7)
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
