@@ -88,6 +88,9 @@ def plot_spend(series: dict[str, dict[str, list[float]]], spend: dict[str, Any],
     for method, points in series.items():
         ax.plot(points["spend"], points["accuracy"], marker="o", color=METHOD_COLORS[method],
                 label=METHOD_TITLES[method])
+        for x, y, percent in zip(points["spend"], points["accuracy"], points["percent"]):  # which fraction is which
+            ax.annotate(f"{percent:.4g}%", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                        color=METHOD_COLORS[method])
     if teacher_acc is not None and not math.isnan(teacher_acc):
         ax.axhline(teacher_acc * 100, color="gray", linestyle="--", label="Teacher (few-shot CoT)")
     values = sorted(v for points in series.values() for v in points["spend"])
@@ -97,12 +100,15 @@ def plot_spend(series: dict[str, dict[str, list[float]]], spend: dict[str, Any],
     elif positive and positive[-1] / positive[0] > 20:
         ax.set_xscale("log")
     if usd:
-        ax.set_xlabel(f"Cost of the training data (USD): teacher {spend['teacher_model']} at "
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"${value:,.4g}"))
+        ax.set_xlabel(f"Cost of the training data (USD)\nteacher {spend['teacher_model']} at "
                       f"${spend['prices'][0]:g} / ${spend['prices'][1]:g} per M in/out tokens, "
                       f"human labels ${spend['label_cost_usd']:g} each", fontsize=7)
     else:
-        ax.set_xlabel(f"Teacher tokens spent on the training examples (prompt + output; {spend['tokenizer']})",
-                      fontsize=7)
+        ax.set_xlabel(f"Teacher tokens spent on the training examples (prompt + output; no prices given)\n"
+                      f"counted with {spend['tokenizer']}", fontsize=7)
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -151,7 +151,7 @@ def _spend_table(spend: dict[str, Any]) -> str:
             f"{price}. Human labels cost ${spend['label_cost_usd']:g} each (`--label-cost`, default 0). Standard "
             "fine-tuning pays for human labels only, step-by-step (gold) for both, the teacher-label methods for the "
             "teacher only. Plot: `curve_spend.png`.")
-    return "\n".join(["", "## Teacher spend", "", note, "", *lines, ""])
+    return "\n".join(["", "## Teacher spend", "", note, "", *lines])
 
 
 def rationale_filter_counts(results: list[dict]) -> dict[str, dict]:

