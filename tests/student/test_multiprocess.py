@@ -46,11 +46,11 @@ def test_batch_layout_keeps_the_global_batch():
         batch_layout(64, 3)
 
 
-@pytest.mark.parametrize("order", ["random", "grouped"])
-def test_two_processes_match_one(tmp_path, order):
-    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order], tmp_path)
+@pytest.mark.parametrize("order,model", [("random", "tiny"), ("grouped", "tiny"), ("random", "tiny-llama")])
+def test_two_processes_match_one(tmp_path, order, model):
+    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order, model], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order], tmp_path)
+          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order, model], tmp_path)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert (one["processes"], one["per_device_batch_size"], one["gradient_accumulation_steps"]) == (1, 2, 4)
