@@ -150,3 +150,30 @@ def test_trained_causal_student_ranks_generates_and_predicts(trained_llama_toy):
     rows = predict(student, [{"text": "crimson"}, "the color is teal"], rationales=True)
     assert [row["prediction"] for row in rows] == ["warm", "cold"]
     assert [row["rationale"] for row in rows] == ["crimson is a warm color", "teal is a cold color"]
+
+
+def test_length_sorted_chunks_give_the_one_batch_loss_for_causal_rows(tiny_llama):
+    from stepdistill.student.collate import MultiTaskCollator
+    from stepdistill.student.loss import token_loss_sum
+
+    from student_toy import VARIED
+
+    model, tokenizer = tiny_llama
+    family = CausalFamily()
+    inputs, labels = family.training_rows(tokenizer, [i for i, _ in VARIED], [t for _, t in VARIED], 128, 64)
+    batch = MultiTaskCollator(tokenizer.pad_token_id)(
+        [{"input_ids": i, "labels": t, "rationale_input_ids": [], "rationale_labels": [], "example_index": n}
+         for n, (i, t) in enumerate(zip(inputs, labels))])
+    assert batch["attention_mask"].sum(1).min() * 3 < batch["input_ids"].shape[1]  # really uneven rows
+    model.eval()
+    results = []
+    for chunks in (1, 3):
+        model.zero_grad()
+        total, count = token_loss_sum(family, model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                      chunks)
+        total.backward()
+        results.append((total.item(), count.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (one_sum, one_count, one_grads), (chunk_sum, chunk_count, chunk_grads) = results
+    assert one_count == chunk_count == sum(sum(x != -100 for x in row) for row in labels)
+    assert chunk_sum == pytest.approx(one_sum, rel=1e-5) and one_sum > 10.0
+    assert all(torch.allclose(g, h, rtol=1e-4, atol=1e-6) for g, h in zip(chunk_grads, one_grads))
