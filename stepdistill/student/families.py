@@ -165,7 +165,9 @@ class CausalFamily:
         scores: list[list[float]] = [[] for _ in prompts]
         for batch in _length_batches([len(r) for r in prompt_rows], batch_size):
             ids, mask, positions = self._left_padded([prompt_rows[i] for i in batch], tokenizer.pad_token_id, device)
-            prompt_out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            # only the last prompt position's logits are needed (a full (batch, prompt, vocab) tensor is not)
+            prompt_out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               logits_to_keep=1)
             rows = [(b, c) for b, i in enumerate(batch) for c in choices[i]]
             row_of = torch.tensor([b for b, _ in rows], device=device)
             # transformers 5.x renamed past_key_values to cache (keep both spellings working)
