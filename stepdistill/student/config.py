@@ -15,7 +15,9 @@ class TrainConfig:
     """Student training settings. ``batch_size`` is the GLOBAL batch: per-device batch and gradient accumulation
     are derived from the number of processes, so results do not depend on it."""
 
-    model: str = "tiny"  # "tiny", "minilm2minilm", "<encoder>+<decoder>", a hub name or a local checkpoint folder
+    # "tiny" (T5), "tiny-llama" (decoder-only), "minilm2minilm", "<encoder>+<decoder>", "smollm2-135m", a hub name
+    # or a local checkpoint folder (seq2seq or causal LM: the family comes from its config's is_encoder_decoder)
+    model: str = "tiny"
     method: str = "step-by-step"  # "standard" | "step-by-step"
     label_source: str = "gold"  # "gold" | "teacher"
     alpha: float = 0.5  # weight of the label loss (step-by-step)
@@ -44,6 +46,14 @@ class TrainConfig:
     # each micro-batch runs in up to this many length-sorted chunks, each padded only to its own longest row (split
     # only where that saves 20% or more of the padded area): the same loss and update; None = default_length_chunks()
     length_chunks: int | None = None
+    # ranking of candidate labels: "sum" of their tokens' log-probabilities, or the per-token "mean" (fairer to
+    # long multi-token answers); None = the task's rank_normalization, else "sum"
+    rank_normalization: str | None = None
+    lora_r: int | None = None  # LoRA rank (peft adapters on the student); None or 0 = full fine-tuning
+    lora_alpha: int = 16  # LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)
+    lora_dropout: float = 0.0  # dropout on the LoRA branch
+    # modules that get adapters; None = peft's default for the architecture (T5: q, v; Llama: q_proj, v_proj)
+    lora_target_modules: list[str] | None = None
     generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
     report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
     logging_steps: int = 10
@@ -55,11 +65,16 @@ class TrainConfig:
     deepspeed: str | None = None  # DeepSpeed JSON config (run under `accelerate launch` / `deepspeed`)
     fsdp: str = ""  # Trainer's fsdp option, e.g. "full_shard auto_wrap"
     dataloader_num_workers: int = 0
-    tiny_overrides: dict[str, Any] = field(default_factory=dict)  # T5Config fields (and vocab_size) for "tiny"
+    # T5Config (LlamaConfig for "tiny-llama") fields, and vocab_size, for the tiny students
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)
     log_batch_ids: bool = False  # write the example ids of every micro-batch (for checking data order)
     disable_tqdm: bool = True
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
+
+    @property
+    def lora(self) -> bool:
+        return bool(self.lora_r)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -75,5 +90,9 @@ class TrainConfig:
         from ..rationale_filters import parse_filters
 
         parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
+        if self.rank_normalization not in (None, "sum", "mean"):
+            raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
+        if self.lora_r is not None and self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")

@@ -1,9 +1,11 @@
 """Student models: ``tiny`` (a small T5 plus a SentencePiece tokenizer trained on the task's own text, no hub needed),
-a warm-started encoder-decoder (``minilm2minilm`` or ``encoder+decoder``, see :mod:`.warmstart`) or any hub name /
-local path of a seq2seq checkpoint.
+``tiny-llama`` (a small decoder-only Llama plus a byte-level BPE trained on the task's text), a warm-started
+encoder-decoder (``minilm2minilm`` or ``encoder+decoder``, see :mod:`.warmstart`), a short pretrained name
+(``smollm2-135m``, through :func:`stepdistill.pretrained.resolve_pretrained`) or any hub name / local path of a
+seq2seq or causal-LM checkpoint (the family comes from the checkpoint config's ``is_encoder_decoder``).
 
-``tiny`` is written to a folder with ``save_pretrained`` and then loaded back with ``from_pretrained``, so from then on
-it behaves exactly like a downloaded checkpoint.
+The tiny students are written to a folder with ``save_pretrained`` and then loaded back with ``from_pretrained``, so
+from then on they behave exactly like downloaded checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 TINY_NAME = "tiny"
+TINY_LLAMA_NAME = "tiny-llama"
 
 # Small enough to train in minutes on 2 CPU cores, big enough to learn short multi-step arithmetic.
 TINY_CONFIG: dict[str, Any] = dict(
@@ -30,6 +33,17 @@ TINY_CONFIG: dict[str, Any] = dict(
     tie_word_embeddings=True,  # T5 v1.0 style: shared in/out embedding, output scaled by d_model**-0.5
 )
 TINY_VOCAB_SIZE = 800
+# The decoder-only counterpart: 2 layers, 64 wide (about 0.2M parameters with the tiny vocabulary).
+TINY_LLAMA_CONFIG: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+LLAMA_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0-3
 
 
 def train_sentencepiece(texts: Iterable[str], out_dir: str | Path, vocab_size: int = TINY_VOCAB_SIZE) -> Path:
@@ -74,8 +88,57 @@ def build_tiny_student(texts: Iterable[str], out_dir: str | Path, seed: int = 0,
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)
     model.generation_config.decoder_start_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
+    from .quiet import no_progress_bars
+
+    with no_progress_bars():
+        model.save_pretrained(out_dir)
     return out_dir
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int = TINY_VOCAB_SIZE):
+    """A byte-level BPE (digits split one per token, ``<s>`` prepended like Llama's) wrapped as a transformers fast
+    tokenizer with pad/bos/eos/unk."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [line for text in texts for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("cannot train a tokenizer: no text given")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(LLAMA_SPECIALS),
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE,
+                     **config_overrides: Any) -> Path:
+    """Train a byte-level BPE on ``texts``, build a randomly initialised small Llama, ``save_pretrained`` both."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .quiet import no_progress_bars
+
+    out_dir = Path(out_dir)
+    tokenizer = train_byte_level_bpe(texts, vocab_size)
+    tokenizer.save_pretrained(out_dir)
+    config = LlamaConfig(**{**TINY_LLAMA_CONFIG, **config_overrides}, vocab_size=len(tokenizer),
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with no_progress_bars():
+        model.save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_BUILDERS = {TINY_NAME: build_tiny_student, TINY_LLAMA_NAME: build_tiny_llama}
 
 
 def student_texts(records: list[dict], label_prefix: str, rationale_prefix: str) -> list[str]:
@@ -90,27 +153,47 @@ def student_texts(records: list[dict], label_prefix: str, rationale_prefix: str)
 
 def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, build_dir: str | Path | None = None,
                  seed: int = 0, tiny_overrides: dict[str, Any] | None = None):
-    """(model, tokenizer) for ``tiny`` (built into ``build_dir`` from ``texts``), a warm-started encoder-decoder
-    (``minilm2minilm``, ``encoder+decoder``), a hub name or a local folder."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    """(model, tokenizer) for ``tiny`` / ``tiny-llama`` (built into ``build_dir`` from ``texts``), a warm-started
+    encoder-decoder (``minilm2minilm``, ``encoder+decoder``), a short pretrained name, a hub name or a local folder
+    of a seq2seq or causal-LM checkpoint."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from ..pretrained import resolve_pretrained
+    from .quiet import no_progress_bars
     from .warmstart import is_warm_start, warm_start
 
-    if str(name_or_path) == TINY_NAME:
+    if str(name_or_path) in TINY_BUILDERS:
         if texts is None or build_dir is None:
-            raise ValueError("model 'tiny' needs the task's texts and a folder to build the tokenizer and model in")
+            raise ValueError(f"model {str(name_or_path)!r} needs the task's texts and a folder to build the "
+                             "tokenizer and model in")
         overrides = dict(tiny_overrides or {})
         vocab_size = overrides.pop("vocab_size", TINY_VOCAB_SIZE)
-        name_or_path = build_tiny_student(texts, build_dir, seed=seed, vocab_size=vocab_size, **overrides)
+        name_or_path = TINY_BUILDERS[str(name_or_path)](texts, build_dir, seed=seed, vocab_size=vocab_size,
+                                                        **overrides)
     if is_warm_start(name_or_path):
-        return warm_start(name_or_path)
+        with no_progress_bars():
+            return warm_start(name_or_path)
+    source = resolve_pretrained(str(name_or_path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path))
+        with no_progress_bars():
+            config = AutoConfig.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            loader = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            model = loader.from_pretrained(source)
     except OSError as exc:
-        raise ValueError(f"cannot load student model {str(name_or_path)!r}: not 'tiny', a local checkpoint folder "
-                         f"or a reachable hub name ({exc})") from exc
+        raise ValueError(f"cannot load student model {str(name_or_path)!r}: not 'tiny', 'tiny-llama', a local "
+                         f"checkpoint folder or a reachable hub name ({exc})") from exc
+    if not config.is_encoder_decoder:
+        prepare_causal_tokenizer(tokenizer)
     return model, tokenizer
+
+
+def prepare_causal_tokenizer(tokenizer) -> None:
+    """A causal student needs eos (ends targets) and a pad id (batches; masks come from lengths, so eos may pad)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token to end causal-LM targets with")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def target_end_id(tokenizer) -> int:

@@ -1,4 +1,5 @@
-"""Inference with a trained student: labels (ranked over the task's candidates, or generated) and optional rationales."""
+"""Inference with a trained student: labels (ranked over the task's candidates, or generated) and optional rationales,
+for seq2seq and causal students, with or without LoRA adapters, on the GPU when there is one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import Task, get_task
-from .trainer import META_FILE
+from .config import META_FILE
 
 
 @dataclass
@@ -17,35 +18,77 @@ class TrainedStudent:
     tokenizer: Any
     task: Task
     meta: dict[str, Any]
+    path: Path | None = None
 
 
-def load_trained_student(path: str | Path, task: str | Task | None = None) -> TrainedStudent:
-    """A student saved by training (``<run_dir>/model``, or the run folder itself)."""
-    from .models import load_student
+def default_device() -> str:
+    import torch
 
-    path = Path(path)
-    # a run folder holds a config.json of its own (the training config): look for the saved student's meta file
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _student_folder(path: Path) -> Path:
+    """``<run_dir>/model`` when given the run folder (it holds a config.json of its own, the training config)."""
+    if not (path / META_FILE).exists() and (path / "model" / META_FILE).exists():
+        return path / "model"
     if not (path / META_FILE).exists() and (path / "model" / "config.json").exists():
-        path = path / "model"
+        return path / "model"
+    return path
+
+
+def load_trained_student(path: str | Path, task: str | Task | None = None, device: str | None = None
+                         ) -> TrainedStudent:
+    """A student saved by training (``<run_dir>/model``, or the run folder itself), on ``device`` (default: the
+    GPU when there is one). LoRA students load their base model and then the saved adapters."""
+    from .lora import load_adapters
+    from .models import load_student
+    from .quiet import no_progress_bars
+
+    path = _student_folder(Path(path))
     meta_path = path / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if task is None:
         if "task" not in meta:
             raise ValueError(f"{path}: no {META_FILE} naming the task; pass the task explicitly")
-        if meta["task"] == "arith-demo":
-            from .. import demo  # noqa: F401  (registers the demo task)
-        task = meta["task"]
-    model, tokenizer = load_student(path)
-    return TrainedStudent(model, tokenizer, get_task(task), meta)
+        task = meta.get("task_reference") or meta["task"]  # the reference rebuilds spec and file.py:Class tasks
+    lora = meta.get("lora")
+    if lora:
+        base = lora["base_model"]
+        base_path = path / base
+        model, _ = load_student(base_path if not Path(base).is_absolute() and base_path.exists() else base)
+        with no_progress_bars():
+            model = load_adapters(model, path)
+        from .models import prepare_causal_tokenizer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if meta.get("family") == "causal":
+            prepare_causal_tokenizer(tokenizer)
+    else:
+        model, tokenizer = load_student(path)
+    model.to(device or default_device())
+    model.eval()
+    return TrainedStudent(model, tokenizer, get_task(task), meta, path)
+
+
+def merged_model(student: TrainedStudent | str | Path) -> tuple[Any, Any]:
+    """(a plain transformers model, tokenizer) for export: LoRA adapters merged into the base weights
+    (``merge_and_unload``); a fully fine-tuned student is returned as it is."""
+    from .lora import is_lora_model
+
+    if not isinstance(student, TrainedStudent):
+        student = load_trained_student(student, device="cpu")
+    model = student.model.merge_and_unload() if is_lora_model(student.model) else student.model
+    return model, student.tokenizer
 
 
 def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, Any]], rationales: bool = False,
-            batch_size: int = 64) -> list[dict[str, Any]]:
+            batch_size: int = 64, bf16: bool = False) -> list[dict[str, Any]]:
     """Predict a label (and a rationale with ``rationales``) for each input.
 
     An input is either raw example fields (a dict with the task's input fields, e.g. ``premise``/``hypothesis``,
     formatted by the task) or the already formatted input text. Classification tasks rank their label set (or the
-    example's ``choices``); free-form tasks generate.
+    example's ``choices``); free-form tasks generate. ``bf16``: bf16 autocast (GPU, or CPUs with bf16 support).
     """
     if not isinstance(student, TrainedStudent):
         student = load_trained_student(student)
@@ -60,14 +103,17 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
                             "choices": None if task.free_form else task.choices(item), "fields": item})
         else:
             records.append({"id": i, "input": str(item), "choices": None if task.free_form else task.choices({})})
-    from .evaluate import predict_records
+    from .evaluate import predict_records, rank_normalization_for
+    from .families import PROMPT_SEPARATOR, family_of
 
     rows = predict_records(
         student.model, student.tokenizer, task, records,
         label_prefix=meta.get("label_prefix", "[label] "), rationale_prefix=meta.get("rationale_prefix", "[rationale] "),
         batch_size=batch_size, max_input_length=meta.get("max_input_length", 512),
         max_target_length=meta.get("max_target_length", 256),
-        label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales)
+        label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales, bf16=bf16,
+        rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")),
+        family=family_of(student.model, meta.get("prompt_separator") or PROMPT_SEPARATOR))
     for record, row in zip(records, rows):
         row["input"] = record["input"]
     return rows

@@ -36,7 +36,9 @@ def toy_records(without_rationale: tuple[int, ...] = ()) -> list[dict]:
 def chunked_equals_one_batch(model, tokenizer, inputs, targets):
     """token_loss_sum over length-sorted chunks gives the one-padded-batch sum, token count and gradients."""
     from stepdistill.student.models import encode_targets
-    from stepdistill.student.trainer import MultiTaskCollator, length_sorted_chunks, token_loss_sum
+    from stepdistill.student.collate import MultiTaskCollator, length_sorted_chunks
+    from stepdistill.student.families import family_of
+    from stepdistill.student.loss import token_loss_sum
 
     collator = MultiTaskCollator(tokenizer.pad_token_id)
     features = [{"input_ids": i, "labels": t, "rationale_input_ids": [], "rationale_labels": [], "example_index": n}
@@ -50,7 +52,7 @@ def chunked_equals_one_batch(model, tokenizer, inputs, targets):
     results = []
     for chunks in (1, 3, 100):
         model.zero_grad()
-        total, count = token_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunks)
+        total, count = token_loss_sum(family_of(model), model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunks)
         total.backward()
         results.append((total.item(), count.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     (one_sum, one_count, one_grads) = results[0]

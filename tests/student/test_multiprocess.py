@@ -32,7 +32,9 @@ def _global_batches(run_dir: Path) -> dict[int, list[int]]:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    # the toy helpers, then whatever stepdistill this test runs against (a source tree on PYTHONPATH, or installed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
@@ -46,11 +48,11 @@ def test_batch_layout_keeps_the_global_batch():
         batch_layout(64, 3)
 
 
-@pytest.mark.parametrize("order", ["random", "grouped"])
-def test_two_processes_match_one(tmp_path, order):
-    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order], tmp_path)
+@pytest.mark.parametrize("order,model", [("random", "tiny"), ("grouped", "tiny"), ("random", "tiny-llama")])
+def test_two_processes_match_one(tmp_path, order, model):
+    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order, model], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order], tmp_path)
+          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order, model], tmp_path)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert (one["processes"], one["per_device_batch_size"], one["gradient_accumulation_steps"]) == (1, 2, 4)

@@ -23,9 +23,10 @@ class CrashAfterStep(TrainerCallback):
             raise Crash(f"simulated crash at step {state.global_step}")
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "tiny-llama"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, model):
     records = toy_records(without_rationale=(3,))
-    config = TrainConfig(model="tiny", method="step-by-step", max_steps=8, batch_size=4, learning_rate=3e-3,
+    config = TrainConfig(model=model, method="step-by-step", max_steps=8, batch_size=4, learning_rate=3e-3,
                          eval_steps=2, logging_steps=1, seed=7, max_target_length=16)
     full = run_training(toy_task(), records, records, records[:4], config, tmp_path / "full")
 

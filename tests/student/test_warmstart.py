@@ -144,3 +144,22 @@ def test_pair_with_different_vocabularies_is_refused(bert_pair, tmp_path):
 def test_length_sorted_chunks_give_the_one_batch_loss_for_a_warm_started_pair(bert_pair):
     model, tokenizer = load_student(bert_pair)
     assert chunked_equals_one_batch(model, tokenizer, [i for i, _ in VARIED], [t for _, t in VARIED]) > 10.0
+
+
+def test_lora_on_a_warm_started_pair_saves_its_base_and_reloads(bert_pair, tmp_path):
+    import json
+
+    from stepdistill.student.predict import load_trained_student, predict
+
+    records = _two_colour_records()
+    config = TrainConfig(model=bert_pair, method="standard", max_steps=4, batch_size=8, learning_rate=4e-3,
+                         eval_steps=4, logging_steps=2, max_target_length=16, max_input_length=32, lora_r=4)
+    run_training(toy_task(), records, records, records[:4], config, tmp_path)
+    meta = json.loads((tmp_path / "model" / "stepdistill.json").read_text())
+    # the freshly initialised cross-attention lives in the saved base, next to the adapters
+    assert meta["lora"]["base_model"] == "../student-init" and (tmp_path / "student-init" / "config.json").exists()
+    assert meta["lora"]["target_modules"] == ["query", "value"]
+    rows = predict(load_trained_student(tmp_path, toy_task()), [r["fields"] for r in records[:4]])
+    ran = [json.loads(line) for line in (tmp_path / "predictions_test.jsonl").read_text().splitlines()]
+    for row, done in zip(rows, ran):
+        assert [row["scores"][k] for k in ("warm", "cold")] == pytest.approx([done["scores"][k] for k in ("warm", "cold")])

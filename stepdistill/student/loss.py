@@ -1,0 +1,45 @@
+"""The step-by-step loss, in one place:
+
+    loss = alpha * label_loss + (1 - alpha) * rationale_loss
+
+each task's loss the sum of its target tokens' cross-entropies divided by its target token count over the WHOLE
+global batch (all gradient-accumulation micro-batches on all processes), so long rationales cannot swamp the label
+loss and the update is the same on any number of devices. ``standard`` uses the label loss alone.
+"""
+
+from __future__ import annotations
+
+from .collate import length_sorted_chunks
+
+
+def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int = 1, unwrapped=None):
+    """(sum of the target tokens' cross-entropies, number of target tokens) of a right-padded batch.
+
+    The rows run in at most ``chunks`` length-sorted chunks (:func:`length_sorted_chunks`), each cut to its own
+    longest row: the sum is that of one padded batch (same examples, same update) without computing most of the
+    padding (e-SNLI batches of 32, tiny T5: inputs padded as one batch are 1.8x the real tokens, 1.2x in 4 chunks).
+    ``family``: the student's :mod:`.families` interface; ``unwrapped``: the model without its DDP/FSDP wrapper."""
+    import torch
+
+    input_lengths = attention_mask.sum(1)
+    target_lengths = labels.ne(-100).sum(1)
+    # causal rows hold their target inside the input: the input length is the whole row
+    chunk_targets = torch.zeros_like(target_lengths) if family.labels_follow_inputs else target_lengths
+    groups = length_sorted_chunks(input_lengths.tolist(), chunk_targets.tolist(), chunks) if chunks > 1 else []
+    total = count = None
+    for rows in groups if len(groups) > 1 else [None]:  # one group: the batch as it is, rows in their own order
+        rows = slice(None) if rows is None else torch.tensor(rows, device=input_ids.device)
+        width = max(1, int(input_lengths[rows].max()))
+        target_width = width if family.labels_follow_inputs else max(1, int(target_lengths[rows].max()))
+        chunk_sum, chunk_count = family.loss_sum(model, input_ids[rows, :width], attention_mask[rows, :width],
+                                                 labels[rows, :target_width], unwrapped)
+        total = chunk_sum if total is None else total + chunk_sum
+        count = chunk_count if count is None else count + chunk_count
+    return total, count
+
+
+def step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale, alpha: float, two_tasks: bool):
+    """(loss, label_loss, rationale_loss) from the summed cross-entropies and the token counts to divide by."""
+    label_loss, rationale_loss = label_sum / n_label, rationale_sum / n_rationale
+    loss = alpha * label_loss + (1 - alpha) * rationale_loss if two_tasks else label_loss
+    return loss, label_loss, rationale_loss
