@@ -16,6 +16,7 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                      api_key: str | None = None, timeout: float = 60.0, max_attempts: int = 6,
                      requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
                      prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
+                     dtype: str = "auto", prompt_format: str = "auto", system_prompt: str | None = None,
                      filter_gold: bool = False, retry_failed: bool = False, merge: str | None = None,
                      summary_json: str | None = None, progress: bool = True) -> None:
     """Ask a teacher for a rationale and label per example, resumably (flat names work: --task, --data-dir).
@@ -52,6 +53,9 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         prices: USD per million tokens by model, ``{model: [input, output]}`` (adds to the built-in table).
         device: Local model device: auto, cpu, cuda, mps.
         batch_size: Local model prompts per batch.
+        dtype: Local model weights: auto (bfloat16 on cuda, else float32), float32, bfloat16, float16.
+        prompt_format: Local model prompt: auto (the chat template when the tokenizer has one), chat or raw.
+        system_prompt: Local chat models: a system message put before the few-shot turns.
         filter_gold: Drop rationales whose label disagrees with the gold label (counted in the summary).
         retry_failed: Ask again for examples whose cached record is a request failure.
         merge: Instead of generating, merge these caches (a glob such as ``'shards/*.jsonl'``, or comma-separated
@@ -85,7 +89,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                        tokens_per_minute=tokens_per_minute,
                        prices={model: tuple(price) for model, price in (prices or {}).items()})
     elif kind == "hf":
-        options = dict(device=device, batch_size=batch_size)
+        options = dict(device=device, batch_size=batch_size, dtype=dtype, prompt_format=prompt_format,
+                       system_prompt=system_prompt)
     try:
         loaded = load_data(data, splits=[split])
         examples = loaded.splits[split]

@@ -374,6 +374,19 @@ class ReplayTeacher(Teacher):
                              f"(looked for {task}/palm_{split}.jsonl[.gz] and {task}/llm/{split}_CoT_*.json)")
         self.source = where
         self.outputs = {key: text for key, (_, text) in outputs.items()}
+        if where.endswith("_CoT_*.json"):  # chunks hold outputs by position: key them as the examples are keyed
+            self.outputs = self._keyed_by_example_id(Path(where).parent.parent, task, split) or self.outputs
+
+    @staticmethod
+    def _keyed_by_example_id(folder: Path, task: str, split: str) -> dict[str, str] | None:
+        """Outputs by the ids of the official examples file beside the chunks (cos_e's string ids for CQA), or None
+        when that file is absent (the chunks alone: ids are positions)."""
+        from ..data import load_task_data
+
+        if not (folder / f"{task}_{split}.json").exists():
+            return None
+        records = load_task_data(task, data_dir=folder, source="official", splits=[split]).splits[split]
+        return {record["id"]: record["teacher_output"] for record in records if record["teacher_output"] is not None}
 
     def __repr__(self) -> str:
         return f"ReplayTeacher({self.source!r}, {len(self.outputs)} outputs)"

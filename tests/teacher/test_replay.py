@@ -75,3 +75,16 @@ def test_replay_reproduces_paper_teacher_agreement(shared_data_dir, tmp_path, ta
         assert (record["id"], record["rationale"], record["label"]) == (example["id"], example["rationale"], example["teacher_label"])
     rerun = generator.run(data.splits["test"])
     assert rerun.summary.cached == examples and rerun.summary.agree == agree
+
+
+def test_official_cqa_chunks_are_keyed_by_the_examples_string_ids(tmp_path):
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "fixtures" / "cqa_official"
+    records = load_task_data("cqa", data_dir=folder, source="official", splits=["test"]).splits["test"]
+    teacher = make_teacher(f"replay:{folder}", "cqa", "test")
+    assert teacher.outputs == {r["id"]: r["teacher_output"] for r in records}
+    assert not any(key.isdigit() for key in teacher.outputs)  # cos_e ids, not positions
+    result = RationaleGenerator("cqa", teacher, tmp_path / "c.jsonl", progress=False).run(records)
+    assert [r["rationale"] for r in result.records] == [r["rationale"] for r in records]
+    assert not any(r.get("error") == "missing_output" for r in result.records)
