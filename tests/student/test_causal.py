@@ -4,6 +4,7 @@ scores from the shared prompt's KV cache, batched left-padded generation, traini
 import pytest
 import torch
 
+from stepdistill.tasks import get_task
 from stepdistill.student.families import PROMPT_SEPARATOR, CausalFamily, family_of
 from stepdistill.student.models import load_student, student_texts
 from stepdistill.student.trainer import TrainConfig, read_log, run_training
@@ -146,7 +147,7 @@ def test_trained_causal_student_ranks_generates_and_predicts(trained_llama_toy):
     assert results["valid_accuracy"] == results["test_accuracy"] == 1.0
     student = load_trained_student(run_dir, task=toy_task())
     assert student.meta["family"] == "causal" and student.meta["prompt_separator"] == PROMPT_SEPARATOR
-    assert student.meta["task_reference"] == {"name": "toy-colors"}
+    assert get_task(student.meta["task_reference"]).name == "toy-colors"  # rebuilds the spec task
     rows = predict(student, [{"text": "crimson"}, "the color is teal"], rationales=True)
     assert [row["prediction"] for row in rows] == ["warm", "cold"]
     assert [row["rationale"] for row in rows] == ["crimson is a warm color", "teal is a cold color"]

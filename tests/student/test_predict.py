@@ -23,10 +23,11 @@ def test_predict_function_labels_and_rationales(trained_toy):
         predict(student, [{"colour": "red"}])
 
 
-def test_predict_needs_a_known_task(trained_toy):
+def test_run_folder_rebuilds_an_unregistered_spec_task(trained_toy):
     run_dir, _ = trained_toy
-    with pytest.raises(ValueError, match="unknown task 'toy-colors'"):
-        load_trained_student(run_dir)  # the saved task name is not registered and no task was given
+    student = load_trained_student(run_dir)  # no task given: the saved task reference rebuilds the JSON spec task
+    assert student.task.name == "toy-colors" and student.task.labels == tuple(TOY_SPEC["labels"])
+    assert predict(student, [{"text": "scarlet"}])[0]["prediction"] == "warm"
 
 
 def test_predict_command(trained_toy, tmp_path):
