@@ -40,8 +40,10 @@ def load_trained_student(path: str | Path, task: str | Task | None = None, devic
                          ) -> TrainedStudent:
     """A student saved by training (``<run_dir>/model``, or the run folder itself), on ``device`` (default: the
     GPU when there is one). LoRA students load their base model and then the saved adapters."""
+    from transformers import AutoTokenizer
+
     from .lora import load_adapters
-    from .models import load_student
+    from .models import load_student, prepare_causal_tokenizer
     from .quiet import no_progress_bars
 
     path = _student_folder(Path(path))
@@ -58,10 +60,7 @@ def load_trained_student(path: str | Path, task: str | Task | None = None, devic
         model, _ = load_student(base_path if not Path(base).is_absolute() and base_path.exists() else base)
         with no_progress_bars():
             model = load_adapters(model, path)
-        from .models import prepare_causal_tokenizer
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))  # the run's own copy (a causal pad token may be set)
         if meta.get("family") == "causal":
             prepare_causal_tokenizer(tokenizer)
     else:
