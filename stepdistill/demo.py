@@ -335,8 +335,8 @@ def _table(results: dict[str, list[dict]], seeds: list[int]) -> str:
 
 
 def _rationales(out: Path, seeds: list[int], test: list[dict]) -> dict[str, int]:
-    """Check every rationale the step-by-step students generated for test against the teacher's, and print a few
-    only if they are well-formed: a rationale that is not is counted, never shown as if it were one."""
+    """Check every rationale the step-by-step students generated for test against its problem, and print a few only
+    if their facts are true: the others are counted, never shown as if they were rationales."""
     from collections import Counter
 
     counts: Counter = Counter()
@@ -346,7 +346,7 @@ def _rationales(out: Path, seeds: list[int], test: list[dict]) -> dict[str, int]
         for record, row in zip(test, rows):
             verdict = check_rationale(row.get("rationale"), record["fields"]["question"])
             counts[verdict] += 1
-            if verdict != "malformed" and len(shown) < 3 and seed == seeds[0]:
+            if verdict in ("correct", "wrong_count") and len(shown) < 3:
                 shown.append((record, row, verdict))
     total = sum(counts.values())
     well_formed = total - counts["malformed"]
@@ -354,7 +354,8 @@ def _rationales(out: Path, seeds: list[int], test: list[dict]) -> dict[str, int]
           f"{well_formed} well-formed: {counts['correct']} the teacher's exactly, {counts['wrong_count']} with true "
           f"facts but a wrong count, {counts['wrong_facts']} with a wrong fact; {counts['malformed']} malformed")
     if not shown:
-        print("the students cannot write rationales yet (none well-formed); train longer (--max-steps) to see some")
+        print("the students cannot write rationales yet (none with true facts); train longer (--max-steps) to see "
+              "some")
     for record, row, verdict in shown:
         print(f"  {record['input']}\n    rationale: {row['rationale']} ({verdict.replace('_', ' ')}); "
               f"answer {row['prediction']} (gold {record['label']})")

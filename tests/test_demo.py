@@ -27,7 +27,7 @@ def test_problems_are_seeded_distinct_and_the_rationale_is_the_missing_step():
         steps = ", ".join(f"{t} is {'an' if KIND_OF[t][0] in 'aeiou' else 'a'} {KIND_OF[t]}" for t in things)
         assert problem["rationale"] == f"{steps}; {kind}s: {problem['answer']}"
         assert int(problem["answer"]) == sum(KIND_OF[t] == kind for t in things)
-        assert check_rationale(problem["rationale"], problem["rationale"]) == "correct"
+        assert check_rationale(problem["rationale"], problem["question"]) == "correct"
 
 
 def test_teacher_output_parses_back():
@@ -43,13 +43,15 @@ def test_teacher_output_parses_back():
 
 
 def test_check_rationale_sorts_what_a_student_writes():
+    question = "Anne's bag holds a pear, a saw, a dog and a plum. How many fruits are in Anne's bag?"
     gold = "pear is a fruit, saw is a tool, dog is an animal, plum is a fruit; fruits: 2"
-    assert check_rationale(gold, gold) == "correct"
-    assert check_rationale(gold.replace("saw is a tool", "saw is a fruit"), gold) == "wrong_facts"
-    assert check_rationale(gold.replace("dog", "cat"), gold) == "wrong_facts"  # not the bag's things
-    assert check_rationale(gold.replace("fruits: 2", "fruits: 3"), gold) == "wrong_count"
+    assert check_rationale(gold, question) == "correct"
+    assert check_rationale(gold.replace("saw is a tool", "saw is a fruit"), question) == "wrong_facts"
+    assert check_rationale(gold.replace("dog", "cat"), question) == "wrong_facts"  # not the bag's things
+    assert check_rationale(gold.replace("fruits: 2", "fruits: 3"), question) == "wrong_count"
+    assert check_rationale(gold.replace("fruits: 2", "tools: 1"), question) == "wrong_count"  # another kind counted
     for garbage in ("1 + 1 - 1 = 1111111111111111111", "", None, "pear is a fruit, saw is"):
-        assert check_rationale(garbage, gold) == "malformed"
+        assert check_rationale(garbage, question) == "malformed"
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -90,8 +92,27 @@ def test_miniature_demo_over_two_seeds(tmp_path, capsys):
     counts = summary["rationales"]
     assert counts["total"] == 16 and counts["well_formed"] == counts["total"] - counts.get("malformed", 0)
     assert f"({counts['total']} over 2 seeds): {counts['well_formed']} well-formed" in printed
-    if counts["well_formed"] == 0:  # 4 steps: nothing readable yet, and the demo says so instead of printing it
+    if counts.get("correct", 0) + counts.get("wrong_count", 0) == 0:  # 4 steps: no true rationale yet, and the
+        # demo says so instead of printing what the students wrote
         assert "cannot write rationales yet" in printed and "    rationale: " not in printed
     assert "step-by-step minus standard (paired by seed)" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "demo_summary.json").read_text())["seconds"] == summary["seconds"]
+
+
+def test_only_rationales_with_true_facts_are_shown(tmp_path, capsys):
+    from stepdistill.demo import _rationales
+
+    problems = make_dataset({"test": 3}, seed=5)["test"]
+    test = [{"input": p["question"], "label": p["answer"], "fields": {"question": p["question"]}} for p in problems]
+    written = [problems[0]["rationale"], "1 + 1 - 1 = 1111111111111111111",
+               problems[2]["rationale"].rsplit(": ", 1)[0] + ": 9"]
+    run = tmp_path / "step-by-step" / "seed-0"
+    run.mkdir(parents=True)
+    run.joinpath("predictions_test.jsonl").write_text("".join(
+        json.dumps({"prediction": "1", "rationale": r}) + "\n" for r in written))
+    counts = _rationales(tmp_path, [0], test)
+    printed = capsys.readouterr().out
+    assert counts == {"total": 3, "well_formed": 2, "correct": 1, "malformed": 1, "wrong_count": 1}
+    assert f"    rationale: {written[0]} (correct)" in printed and f"    rationale: {written[2]} (wrong count)" in printed
+    assert "1111" not in printed and "cannot write" not in printed
