@@ -1,16 +1,20 @@
-"""`stepdistill demo`: the whole method offline in a few minutes on a laptop CPU.
+"""`stepdistill demo`: the whole method offline on a CPU, over several seeds.
 
-A seeded generator writes multi-step arithmetic word problems ("Anne has 14 apples. She gives Peter 2 and Thomas 1.
-How many apples does she have left?") with gold answers and, as a stand-in for an LLM teacher, teacher outputs in the
-paper's few-shot format ("14 - 2 - 1 = 11. So the answer is 11."). Those outputs are replayed from a file through
-the normal data path, exactly like the released PaLM outputs for e-SNLI/ANLI. A tiny T5 is then trained twice on the
-same subset, with standard fine-tuning and with distilling step-by-step, and both are evaluated.
+A seeded generator writes counting problems ("Kofi's bag holds a horse, a plum, a shovel and a sheep. How many tools
+are in Kofi's bag?") whose answer needs an intermediate step the label does not show (the kind of each thing), and,
+as a stand-in for an LLM teacher, teacher outputs in the paper's few-shot format that spell that step out ("horse is
+an animal, plum is a fruit, shovel is a tool, sheep is an animal; tools: 1. So the answer is 1."). Those outputs are
+replayed from a file through the normal data path, exactly like the released PaLM outputs for e-SNLI/ANLI. A tiny
+T5 is trained from scratch on the same problems with standard fine-tuning and with distilling step-by-step, once per
+seed; the demo reports mean ± 95% t-interval and checks the rationales the students write.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -19,46 +23,53 @@ from .arith import values_equal
 from .tasks import Task, TeacherParse, register_task
 
 NAMES = ("Anne", "Peter", "Thomas", "Maria", "Lena", "Omar", "Kofi", "Yuki", "Sofia", "Ivan", "Priya", "Mateo")
-ITEMS = ("apples", "pencils", "marbles", "stickers", "books", "coins", "shells", "cards")
-PRONOUN = {"Anne": "she", "Maria": "she", "Lena": "she", "Yuki": "she", "Sofia": "she", "Priya": "she"}
+KINDS = {
+    "fruit": ("apple", "pear", "plum", "grape", "lemon", "mango", "peach", "cherry", "melon", "banana", "kiwi", "lime"),
+    "tool": ("hammer", "saw", "drill", "wrench", "shovel", "rake", "chisel", "spade", "axe", "ruler", "file", "clamp"),
+    "animal": ("cat", "dog", "horse", "goat", "mouse", "tiger", "zebra", "camel", "sheep", "otter", "moose", "eagle"),
+}
+KIND_OF = {thing: kind for kind, things in KINDS.items() for thing in things}
+THINGS = tuple(KIND_OF)
+BAG_SIZE = 4
 
 
-MIN_START, MAX_START, MAX_STEP = 6, 12, 3  # small numbers: a tiny model can learn the arithmetic in minutes
-
-
-def _pronoun(name: str) -> str:
-    return PRONOUN.get(name, "he")
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def make_problem(rng: random.Random) -> dict[str, Any]:
-    """One word problem: question, the equation a teacher would write, and the answer."""
-    owner, first, second = rng.sample(NAMES, 3)
-    item = rng.choice(ITEMS)
-    he = _pronoun(owner)
-    him = "her" if he == "she" else "him"
-    kind = rng.choice(("give", "get", "buy-give", "give-find"))
-    start, b, c = rng.randint(MIN_START, MAX_START), rng.randint(1, MAX_STEP), rng.randint(1, MAX_STEP)
-    if kind == "give":
-        question = (f"{owner} has {start} {item} and gives {first} {b} and {second} {c}. "
-                    f"How many {item} does {he} have left?")
-        equation = f"{start} - {b} - {c}"
-    elif kind == "get":
-        question = (f"{owner} has {start} {item}. {first} gives {owner} {b} more and {second} gives {him} {c}. "
-                    f"How many {item} does {owner} have now?")
-        equation = f"{start} + {b} + {c}"
-    elif kind == "buy-give":
-        question = (f"{owner} has {start} {item}, buys {b} more and then gives {c} to {first}. "
-                    f"How many {item} does {he} have?")
-        equation = f"{start} + {b} - {c}"
-    else:
-        question = (f"{owner} has {start} {item}. {he.capitalize()} gives {b} to {first} and finds {c} more. "
-                    f"How many {item} does {he} have now?")
-        equation = f"{start} - {b} + {c}"
-    terms = equation.split()
-    value = int(terms[0])
-    for op, number in zip(terms[1::2], terms[2::2]):
-        value = value + int(number) if op == "+" else value - int(number)
-    return {"question": question, "rationale": f"{equation} = {value}", "answer": str(value)}
+    """One counting problem: what is in someone's bag, how many things of one kind it holds.
+
+    The label (a count) does not show the intermediate step, the kind of each thing; the rationale spells it out:
+    "pear is a fruit, saw is a tool, dog is an animal, plum is a fruit; fruits: 2"."""
+    owner = rng.choice(NAMES)
+    things = rng.sample(THINGS, BAG_SIZE)
+    kind = rng.choice(tuple(KINDS))
+    listed = ", ".join(f"{_article(t)} {t}" for t in things[:-1]) + f" and {_article(things[-1])} {things[-1]}"
+    question = f"{owner}'s bag holds {listed}. How many {kind}s are in {owner}'s bag?"
+    count = sum(KIND_OF[t] == kind for t in things)
+    steps = ", ".join(f"{t} is {_article(KIND_OF[t])} {KIND_OF[t]}" for t in things)
+    return {"question": question, "rationale": f"{steps}; {kind}s: {count}", "answer": str(count)}
+
+
+_STEP = re.compile(r"^(?P<thing>[a-z]+) is an? (?P<kind>[a-z]+)$")
+_RATIONALE = re.compile(r"^(?P<steps>.+); (?P<kind>[a-z]+)s: (?P<count>\d+)$")
+
+
+def check_rationale(text: str | None, question: str) -> str:
+    """How a generated rationale holds up against its problem: "malformed" (not of the demo's form), "wrong_facts"
+    (other things than the bag's, in another order, or a thing given the wrong kind), "wrong_count" (true facts but
+    a wrong count or kind counted) or "correct" (what the teacher writes)."""
+    match = _RATIONALE.match((text or "").strip())
+    steps = [_STEP.match(step.strip()) for step in match["steps"].split(",")] if match else []
+    if not match or not all(steps):
+        return "malformed"
+    things = re.findall(r"\ban? ([a-z]+)", question.split(". How many")[0])
+    asked = re.search(r"How many ([a-z]+)s are in", question)
+    if [s["thing"] for s in steps] != things or any(KIND_OF.get(s["thing"]) != s["kind"] for s in steps):
+        return "wrong_facts"
+    right = asked and match["kind"] == asked[1] and int(match["count"]) == sum(s["kind"] == asked[1] for s in steps)
+    return "correct" if right else "wrong_count"
 
 
 def make_dataset(sizes: dict[str, int], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
@@ -85,7 +96,7 @@ def teacher_output(problem: dict[str, Any]) -> str:
 
 @register_task
 class ArithDemo(Task):
-    """The demo's synthetic arithmetic word problems. The label is a number, generated and compared by value."""
+    """The demo's synthetic counting problems. The label is a number, generated and compared by value."""
 
     name = "arith-demo"
     input_fields = ("question",)
@@ -141,27 +152,214 @@ def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> d
     return splits
 
 
-def _train_one(job: tuple, log_to_file: bool = True) -> dict[str, Any]:
-    """One demo run (in a worker process when the demo trains both methods at once)."""
+def _train_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One demo run, in a worker process: the Trainer's own output goes to the run's log file, progress lines to
+    the terminal."""
     import contextlib
+    import sys
 
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .student.trainer import run_training
+    from .student.progress import ProgressCallback
+    from .student.trainer import read_log, run_training
 
-    name, config, train, valid, test, run_dir, data_seed, threads = job
-    torch.set_num_threads(threads)
+    torch.set_num_threads(job["threads"])
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        if log_to_file:
-            log = stack.enter_context(open(Path(run_dir) / "train_output.log", "w"))
-            stack.enter_context(contextlib.redirect_stdout(log))
-            stack.enter_context(contextlib.redirect_stderr(log))
-        return run_training(ArithDemo.name, train, valid, test, config, run_dir,
-                            extra={"data_seed": data_seed, "fraction": 1.0})
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = ProgressCallback(every_seconds=job["progress_seconds"], stream=sys.stderr,
+                                prefix=f"  [{job['method']} seed {job['config'].seed}] ", bar=job["bar"])
+    with open(run_dir / "train_output.log", "w") as log, contextlib.redirect_stdout(log):
+        result = run_training(ArithDemo.name, job["train"], job["valid"], job["test"], job["config"], run_dir,
+                              extra={"data_seed": job["data_seed"], "fraction": 1.0}, callbacks=[progress])
+    logged = [row for row in read_log(run_dir) if "loss" in row]
+    result["final_losses"] = {key: logged[-1][key] for key in ("loss", "label_loss", "rationale_loss")
+                              if logged and key in logged[-1]}
+    return result
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """Mean and the half-width of its Student-t interval (None for a single value)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return sum(values) / len(values), None
+    return statistics.fmean(values), float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * stats.sem(values))
+
+
+def _pm(values: list[float]) -> str:
+    mean, half = mean_interval([100 * v for v in values])
+    return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f}"
+
+
+def _plot(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curve, bars) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, runs) in enumerate(results.items()):
+        color = f"C{i}"
+        for j, r in enumerate(runs):
+            steps, accs = zip(*r["valid_curve"]) if r["valid_curve"] else ((), ())
+            curve.plot(steps, [100 * a for a in accs], marker="o", color=color, alpha=0.6,
+                       label=name if j == 0 else None)
+        tests = [100 * r["test_accuracy"] for r in runs]
+        mean, half = mean_interval(tests)
+        bars.bar(i, mean, yerr=half or 0, capsize=8, color=color, alpha=0.7)
+        bars.scatter([i] * len(tests), tests, color="black", zorder=3, s=12)
+        bars.text(i, mean + (half or 0) + 2, f"{mean:.1f}" + (f" ± {half:.1f}" if half else ""), ha="center")
+    curve.set(xlabel="training step", ylabel="valid accuracy (%)", title="Validation accuracy, one line per seed")
+    curve.legend()
+    bars.set_xticks(range(len(results)), list(results))
+    bars.set(ylabel="test accuracy (%)", ylim=(0, 105),
+             title="Test accuracy: mean, 95% t-interval, seeds as dots")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+METHODS = {"standard fine-tuning": "standard", "distilling step-by-step": "step-by-step"}
+
+
+def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, train_size: int = 2000,
+         valid_size: int = 200, test_size: int = 300, max_steps: int = 300, batch_size: int = 16,
+         learning_rate: float = 2e-3, eval_steps: int = 100, alpha: float = 0.5, data_seed: int = 0,
+         bf16: bool = False, workers: int = 2, threads: int = 1, progress_seconds: float = 30.0) -> dict:
+    """Train a tiny T5 on synthetic word problems with standard fine-tuning and with distilling step-by-step, over
+    several seeds; print a table (mean ± 95% t-interval), the rationales the student writes, and save a plot.
+    Offline, CPU.
+
+    Args:
+        output_dir: Folder for the data, every run (results.json, predictions, model), demo.png, demo_summary.json.
+        seeds: Training seeds (model init, data order); every method runs once per seed. Default [0, 1, 2].
+        train_size: Training problems (every run uses all of them).
+        valid_size: Validation problems (checkpoint selection).
+        test_size: Test problems (scored once, on the selected checkpoint).
+        max_steps: Optimizer steps per run.
+        batch_size: Global batch size.
+        learning_rate: AdamW learning rate (the tiny model starts from random weights).
+        eval_steps: Validation accuracy every this many steps.
+        alpha: Weight of the label loss in step-by-step (1 - alpha for the rationale loss).
+        data_seed: Seed of the problem generator.
+        bf16: bf16 autocast (CPUs with AVX-512 bf16 / AMX, or a GPU).
+        workers: Runs trained at once, each in its own process (2 for 2 cores).
+        threads: torch CPU threads per run.
+        progress_seconds: A progress line per run at least this often.
+    """
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from transformers.utils import logging as hf_logging
+
+    from .student.trainer import TrainConfig
+
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers and threads must be at least 1, got {workers} and {threads}")
+    seeds = [0, 1, 2] if seeds is None else list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and not empty, got {seeds}")
+    hf_logging.disable_progress_bar()  # the per-file save/load bars drown the demo's own output
+    hf_logging.set_verbosity_error()
+    out = Path(output_dir)
+    started = time.perf_counter()
+    splits = demo_records(out, {"train": train_size, "valid": valid_size, "test": test_size}, data_seed)
+    train, valid, test = (splits[s] for s in ("train", "valid", "test"))
+    print(f"demo data: {len(train)} train / {len(valid)} valid / {len(test)} test problems (data seed {data_seed}); "
+          f"teacher outputs usable: {sum(r['teacher_error'] is None for r in train)}/{len(train)}")
+    print(f"example input:     {train[0]['input']}\n"
+          f"teacher rationale: {train[0]['rationale']}\nlabel:             {train[0]['label']}")
+    jobs = []
+    for seed in seeds:
+        for name, method in METHODS.items():
+            config = TrainConfig(model="tiny", method=method, label_source="gold", alpha=alpha, max_steps=max_steps,
+                                 batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
+                                 warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
+                                 max_input_length=96, max_target_length=32, label_max_new_tokens=6,
+                                 eval_batch_size=128, logging_steps=max(1, eval_steps // 4),
+                                 generate_rationales=method == "step-by-step")  # checked and shown below
+            jobs.append({"name": name, "method": method, "config": config, "train": train, "valid": valid,
+                         "test": test, "run_dir": str(out / method / f"seed-{seed}"), "data_seed": data_seed,
+                         "threads": threads, "progress_seconds": progress_seconds, "bar": None if workers == 1 else False})
+    print(f"\ntraining {len(jobs)} runs ({len(METHODS)} methods x {len(seeds)} seeds, {max_steps} steps of "
+          f"{batch_size}), {workers} at a time; Trainer logs in {out}/<method>/seed-<s>/train_output.log", flush=True)
+    results: dict[str, list[dict]] = {name: [] for name in METHODS}
+    # spawned processes, one thread each: both cores busy without OpenMP threads waiting on each other
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, job): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            job, r = futures[future], future.result()
+            results[job["name"]].append(r)
+            losses = ", ".join(f"{k} {v:.3f}" for k, v in r["final_losses"].items())
+            print(f"[{done}/{len(jobs)}] {job['name']}, seed {r['seed']}: valid {100 * r['valid_accuracy']:.1f}%, "
+                  f"test {100 * r['test_accuracy']:.1f}%, final {losses} ({r['wall_seconds']:.0f} s)", flush=True)
+    for runs in results.values():
+        runs.sort(key=lambda r: r["seed"])
+    _plot(results, out / "demo.png")
+    print("\n" + _table(results, seeds))
+    rationale_report = _rationales(out, seeds, test)
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(test)} test problems per run; accuracy = the generated answer's exact value; interval = 95% "
+          f"Student-t over {len(seeds)} seeds. Plot: {out / 'demo.png'}. Total {elapsed:.0f} s.")
+    summary = {"results": results, "rationales": rationale_report, "seconds": round(elapsed, 1),
+               "plot": str(out / "demo.png")}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+    return summary
+
+
+def _table(results: dict[str, list[dict]], seeds: list[int]) -> str:
+    header = (f"{'method':<26}{'test acc %':>16}{'valid acc %':>16}{'final label loss':>18}"
+              f"{'final rationale loss':>22}{'train s':>9}")
+    lines = [header, "-" * len(header)]
+    for name, runs in results.items():
+        label_losses = [r["final_losses"].get("label_loss", r["final_losses"].get("loss")) for r in runs]
+        rationale_losses = [r["final_losses"]["rationale_loss"] for r in runs if "rationale_loss" in r["final_losses"]]
+        lines.append(f"{name:<26}{_pm([r['test_accuracy'] for r in runs]):>16}"
+                     f"{_pm([r['valid_accuracy'] for r in runs]):>16}"
+                     f"{statistics.fmean(label_losses):>18.3f}"
+                     f"{(f'{statistics.fmean(rationale_losses):.3f}' if rationale_losses else '-'):>22}"
+                     f"{statistics.fmean(r['train_seconds'] for r in runs):>9.0f}")
+    per_seed = "  ".join(f"seed {s}: " + " vs ".join(f"{100 * runs[i]['test_accuracy']:.1f}" for runs in results.values())
+                         for i, s in enumerate(seeds))
+    standard, sbs = (results[name] for name in METHODS)
+    gains = [b["test_accuracy"] - a["test_accuracy"] for a, b in zip(standard, sbs)]
+    lines += ["", f"test accuracy per seed (standard vs step-by-step): {per_seed}",
+              f"step-by-step minus standard (paired by seed): {_pm(gains)} points; "
+              f"higher in {sum(g > 0 for g in gains)} of {len(gains)} seeds"]
+    return "\n".join(lines)
+
+
+def _rationales(out: Path, seeds: list[int], test: list[dict]) -> dict[str, int]:
+    """Check every rationale the step-by-step students generated for test against its problem, and print a few only
+    if their facts are true: the others are counted, never shown as if they were rationales."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    shown = []
+    for seed in seeds:
+        rows = _read_jsonl(out / "step-by-step" / f"seed-{seed}" / "predictions_test.jsonl")
+        for record, row in zip(test, rows):
+            verdict = check_rationale(row.get("rationale"), record["fields"]["question"])
+            counts[verdict] += 1
+            if verdict in ("correct", "wrong_count") and len(shown) < 3:
+                shown.append((record, row, verdict))
+    total = sum(counts.values())
+    well_formed = total - counts["malformed"]
+    print(f"\nrationales the step-by-step students wrote for test ({total} over {len(seeds)} seeds): "
+          f"{well_formed} well-formed: {counts['correct']} the teacher's exactly, {counts['wrong_count']} with true "
+          f"facts but a wrong count, {counts['wrong_facts']} with a wrong fact; {counts['malformed']} malformed")
+    if not shown:
+        print("the students cannot write rationales yet (none with true facts); train longer (--max-steps) to see "
+              "some")
+    for record, row, verdict in shown:
+        print(f"  {record['input']}\n    rationale: {row['rationale']} ({verdict.replace('_', ' ')}); "
+              f"answer {row['prediction']} (gold {record['label']})")
+    return {"total": total, "well_formed": well_formed, **counts}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -169,115 +367,3 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
     with jsonlines.open(path) as reader:
         return list(reader)
-
-
-def _plot(histories: dict[str, list[tuple[int, float]]], results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (curve, bars) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, points in histories.items():
-        curve.plot([s for s, _ in points], [100 * a for _, a in points], marker="o", label=name)
-    curve.set(xlabel="training step", ylabel="valid accuracy (%)", title="Validation accuracy during training")
-    curve.legend()
-    names = list(results)
-    bars.bar(names, [100 * (results[n]["test_accuracy"] or 0) for n in names], color=["tab:blue", "tab:orange"])
-    for i, n in enumerate(names):
-        bars.text(i, 100 * (results[n]["test_accuracy"] or 0) + 1, f"{100 * results[n]['test_accuracy']:.1f}",
-                  ha="center")
-    bars.set(ylabel="test accuracy (%)", title="Test accuracy (best checkpoint on valid)", ylim=(0, 105))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def demo(output_dir: str = "stepdistill-demo", train_size: int = 2000, valid_size: int = 200, test_size: int = 300,
-         max_steps: int = 600, batch_size: int = 32, learning_rate: float = 2e-3, eval_steps: int = 200,
-         alpha: float = 0.5, seed: int = 0, data_seed: int = 0, bf16: bool = False, threads: int | None = None,
-         parallel: bool = True) -> dict:
-    """Train a tiny T5 on synthetic arithmetic word problems, with standard fine-tuning and with distilling
-    step-by-step on the same examples, evaluate both, print a table and save a plot. Offline, CPU, a few minutes.
-
-    Args:
-        output_dir: Folder for the data, both runs (results.json, predictions, model) and demo.png.
-        train_size: Training problems (both methods use all of them).
-        valid_size: Validation problems (checkpoint selection).
-        test_size: Test problems (scored once, on the selected checkpoint).
-        max_steps: Optimizer steps per method.
-        batch_size: Global batch size.
-        learning_rate: AdamW learning rate (the tiny model starts from random weights).
-        eval_steps: Validation accuracy every this many steps.
-        alpha: Weight of the label loss in step-by-step (1 - alpha for the rationale loss).
-        seed: Training seed (model init, data order).
-        data_seed: Seed of the problem generator.
-        bf16: bf16 autocast (CPUs with AVX-512 bf16 / AMX, or a GPU).
-        threads: torch CPU threads per run (default 1; with parallel false, raise it to use more cores).
-        parallel: On CPU, train both methods at the same time in two processes (one thread each).
-    """
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from .student.trainer import TrainConfig, read_log
-
-    hf_logging.disable_progress_bar()  # the per-file save/load bars drown the demo's own output
-    hf_logging.set_verbosity_error()
-    out = Path(output_dir)
-    started = time.perf_counter()
-    splits = demo_records(out, {"train": train_size, "valid": valid_size, "test": test_size}, data_seed)
-    train, valid, test = (splits[s] for s in ("train", "valid", "test"))
-    print(f"demo data: {len(train)} train / {len(valid)} valid / {len(test)} test problems "
-          f"(data seed {data_seed}); teacher outputs usable: "
-          f"{sum(r['teacher_error'] is None for r in train)}/{len(train)}")
-    print(f"example: {train[0]['input']!r} -> rationale {train[0]['rationale']!r}, label {train[0]['label']!r}")
-    results, histories = {}, {}
-    runs = {"standard fine-tuning": "standard", "distilling step-by-step": "step-by-step"}
-    configs = {name: TrainConfig(model="tiny", method=method, label_source="gold", alpha=alpha, max_steps=max_steps,
-                                 batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
-                                 warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
-                                 max_input_length=96, max_target_length=32, label_max_new_tokens=6,
-                                 eval_batch_size=128, logging_steps=max(1, eval_steps // 2),
-                                 generate_rationales=method == "step-by-step",  # shown below, for inspection
-                                 group_by_length=True)  # problems of near-equal length: grouping only trims padding
-               for name, method in runs.items()}
-    jobs = [(name, configs[name], train, valid, test, str(out / method), data_seed, threads or 1)
-            for name, method in runs.items()]
-    parallel = parallel and not torch.cuda.is_available()
-    if parallel:
-        # one process per method, one thread each: both cores busy without OpenMP threads waiting on each other
-        # (two threads per process slow down many times over as soon as anything else runs on the machine)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        print(f"training both methods at once ({max_steps} steps, batch {batch_size}); "
-              f"logs: {out}/standard/train_output.log, {out}/step-by-step/train_output.log", flush=True)
-        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for name, result in zip(runs, pool.map(_train_one, jobs)):
-                results[name] = result
-    else:
-        for job in jobs:
-            print(f"training {job[0]} ({max_steps} steps, batch {batch_size}) ...", flush=True)
-            results[job[0]] = _train_one(job, log_to_file=False)
-    for name, method in runs.items():
-        histories[name] = [(row["step"], row["eval_accuracy"]) for row in read_log(out / method)
-                           if "eval_accuracy" in row]
-    _plot(histories, results, out / "demo.png")
-    elapsed = time.perf_counter() - started
-    header = f"{'method':<26}{'valid acc':>10}{'test acc':>10}{'best step':>10}{'train s':>9}{'ex/s':>8}"
-    lines = [header, "-" * len(header)]
-    for name, r in results.items():
-        lines.append(f"{name:<26}{100 * r['valid_accuracy']:>9.1f}%{100 * r['test_accuracy']:>9.1f}%"
-                     f"{r['best_step'] or '-':>10}{r['train_seconds']:>9.1f}{r['train_examples_per_second']:>8.1f}")
-    print("\n" + "\n".join(lines))
-    predictions = {name: _read_jsonl(out / method / "predictions_test.jsonl") for name, method in runs.items()}
-    print("\nfirst test problems (gold | standard | step-by-step, with its generated rationale):")
-    for i, record in enumerate(test[:3]):
-        sbs = predictions["distilling step-by-step"][i]
-        print(f"  {record['input']}\n    gold {record['label']} | standard {predictions['standard fine-tuning'][i]['prediction']}"
-              f" | step-by-step {sbs['prediction']} (rationale: {sbs.get('rationale')!r})")
-    print(f"\n{len(test)} test problems; accuracy = exact value of the generated answer. "
-          f"Plot: {out / 'demo.png'}; runs: {out}/standard, {out}/step-by-step. Total {elapsed:.0f} s.")
-    summary = {"results": results, "seconds": round(elapsed, 1), "plot": str(out / "demo.png")}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
