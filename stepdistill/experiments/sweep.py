@@ -112,14 +112,14 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
     """Train every planned run that has no finished folder yet; returns the results of all finished runs.
 
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
-    ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` (same signature).
+    ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` with a progress callback.
     ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
     (1 when unset).
     """
     from ..data import subsample
 
     if train_fn is None:
-        from ..student.trainer import run_training as train_fn
+        train_fn = train_with_progress
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     task = get_task(task)
@@ -181,6 +181,15 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
         else:
             _run_parallel(pending, start, finish, train_fn, workers, threads)
     return load_results(out_dir)
+
+
+def train_with_progress(*args, extra=None) -> dict:
+    """``run_training`` printing a progress line every 30 s, named after the run (several runs share a terminal)."""
+    from ..student.progress import ProgressCallback
+    from ..student.trainer import run_training
+
+    name = Path(args[5]).name.removesuffix(".partial")
+    return run_training(*args, extra=extra, callbacks=[ProgressCallback(prefix=f"    {name}: ", bar=False)])
 
 
 def _init_worker(threads: int) -> None:

@@ -35,6 +35,7 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
     """
     from ..data import DataError
     from ..options import load_data, train_subset
+    from .progress import ProgressCallback
     from .trainer import run_training
 
     loaded = load_data(data, rationales=rationales)
@@ -49,7 +50,8 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
              "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"]),
              "test_size": len(test), "test_full_size": len(loaded.splits.get("test", [])),
              "valid_carved": loaded.valid_carved}
-    results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra)
+    results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra,
+                           callbacks=[ProgressCallback()])
     import torch.distributed as dist
 
     if dist.is_initialized():  # leave the process group cleanly (a rank exiting mid-teardown aborts its peers)
@@ -75,7 +77,7 @@ def _fixed_subset(records: list[dict], size: int | str, option: str) -> list[dic
 
 def predict(model_dir: str, data: DataOptions, input: str | None = None, input_file: str | None = None,
             split: str | None = None, output_file: str | None = None, rationales: bool = False,
-            batch_size: int = 64) -> None:
+            batch_size: int = 64, bf16: bool = False) -> None:
     """Predict labels (and rationales) with a trained student (flat names work: --task, --fields).
 
     Inputs: one --input, an --input-file (JSON Lines or .csv, columns renamed with --fields), or a whole --split
@@ -92,6 +94,7 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
         output_file: Write predictions as JSON Lines here (default: print them).
         rationales: Also generate a rationale for each input.
         batch_size: Inputs per batch.
+        bf16: bf16 autocast (on the GPU, which predict uses when there is one).
     """
     import jsonlines
 
@@ -125,7 +128,7 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
     else:
         items = _read_inputs(input_file, data.fields or {})
     student = load_trained_student(model_dir, task)
-    rows = run_predict(student, items, rationales=rationales, batch_size=batch_size)
+    rows = run_predict(student, items, rationales=rationales, batch_size=batch_size, bf16=bf16)
     for row, label in zip(rows, gold):
         row["gold"] = label
     if output_file:
