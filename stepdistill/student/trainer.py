@@ -302,6 +302,10 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         data_collator=MultiTaskCollator(tokenizer.pad_token_id), processing_class=tokenizer,
         callbacks=callbacks, step_config=config, task=task, eval_records=valid_records, family=family,
         rank_normalization=rank_normalization, batch_log=batch_log)
+    if callbacks:  # the caller shows progress: drop the Trainer's raw log-dict prints (train_log.jsonl keeps them)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
 
     resume = config.resume_from_checkpoint
     if resume == "last":
