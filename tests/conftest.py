@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread in every test process and the subprocesses they start: the tests' expected values were measured
+# that way (tiny models' results move with the thread count), and two workers of a test never fight for the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
