@@ -86,8 +86,6 @@ def load_data(options: DataOptions, splits: list[str] | tuple[str, ...] | None =
 
     if not options.task:
         raise ValueError("option --task is required (a task name, a spec .json or file.py:Class)")
-    if options.task == "arith-demo":
-        from . import demo  # noqa: F401  (registers the demo task)
     data = load_task_data(options.task, data_dir=options.data_dir, source=options.source, splits=splits,
                           carve_valid=options.carve_valid, **options.source_options())
     if rationales and "train" in data.splits:

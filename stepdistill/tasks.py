@@ -347,6 +347,10 @@ def _from_reference(reference: dict[str, Any]) -> Task:
     raise ValueError(f"task reference {reference!r}: expected a field 'name', 'spec' or 'class'")
 
 
+# tasks that ship with stepdistill but live with their code (a name here, so that no module is imported early)
+_BUNDLED_ELSEWHERE = {"arith-demo": "stepdistill.demo"}
+
+
 def get_task(name: str | Task | dict[str, Any]) -> Task:
     """A task by registered name, JSON spec path (``*.json``), Python class (``file.py:Class``, ``module:Class``)
     or a :func:`task_reference` dict (as stored with a trained student)."""
@@ -354,6 +358,8 @@ def get_task(name: str | Task | dict[str, Any]) -> Task:
         return name
     if isinstance(name, dict):
         return _from_reference(name)
+    if name not in _REGISTRY and name in _BUNDLED_ELSEWHERE:  # registered on import of its module
+        importlib.import_module(_BUNDLED_ELSEWHERE[name])
     if name in _REGISTRY:
         return _REGISTRY[name]()
     if name.endswith(".json"):

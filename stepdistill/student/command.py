@@ -110,8 +110,6 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
                                 "its model/; option --model-dir)")
     meta = json.loads(metas[0].read_text())
     task = data.task or meta.get("task_reference") or meta.get("task")  # a reference rebuilds a spec/file task
-    if task == "arith-demo":
-        from .. import demo  # noqa: F401  (registers the demo task)
     get_task(task)  # an unknown --task fails here, before the model loads
     gold: list = []
     items: list = []
