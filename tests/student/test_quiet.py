@@ -18,6 +18,7 @@ def transformers_logs(caplog):
 
     hf_logging.enable_propagation()  # transformers' own handler bypasses caplog
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="transformers")  # whatever verbosity an earlier test left behind
     yield caplog
     hf_logging.disable_propagation()
 
