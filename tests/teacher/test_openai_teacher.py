@@ -33,9 +33,10 @@ HAVE_AIOHTTP = importlib.util.find_spec("aiohttp") is not None
 def test_every_fault_is_retried_and_counted(serve, tmp_path, caplog, http_backend):
     faults = {"0": ["429"], "1": ["500", "500"], "2": ["timeout"], "3": ["malformed"], "4": ["drop"],
               "5": ["truncate"], "6": ["429", "drop", "500"]}
-    server = serve(faults=faults, hang_seconds=1.5)
+    server = serve(faults=faults, hang_seconds=3.0)
     caplog.set_level(logging.DEBUG)
-    result = _run(server, tmp_path, nli_examples(8), http_backend=http_backend)
+    # 1 s per attempt: a fault hangs for 3 s, and an answer comes in time even while another test worker trains
+    result = _run(server, tmp_path, nli_examples(8), http_backend=http_backend, timeout=1.0)
     by_id = {r["id"]: r for r in result.records}
     assert [by_id[str(i)]["attempt_errors"] for i in range(8)] == [
         ["http_429"], ["http_500", "http_500"], ["timeout"], ["malformed_response"], ["connection"], [], 
