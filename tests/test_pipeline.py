@@ -134,3 +134,23 @@ def test_train_carves_valid_for_a_task_without_one_and_states_the_sizes(tmp_path
                                  files={"train": files["train"], "test": files["test"]}, fields={"text": "review"}))
     pool, carved = ({r["id"] for r in data.splits[split]} for split in ("train", "valid"))
     assert len(valid_ids) == 4 and valid_ids <= carved and not carved & pool and len(pool) == 30
+
+
+def test_curve_fractions_of_a_carved_task_refer_to_the_pool_left_after_carving(tmp_path, capsys):
+    """A task with a public train size but no valid split: fraction 1.0 is the whole pool left after carving, in
+    `train`, `curve`, the spend table and the report alike."""
+    files = _write_user_task(tmp_path)
+    spec = json.loads((tmp_path / "sentiment.json").read_text())
+    (tmp_path / "sentiment.json").write_text(json.dumps({**spec, "full_split_sizes": {"train": 40, "test": 8}}))
+    main(["curve", "--task", str(tmp_path / "sentiment.json"), "--source", "jsonl",
+          "--files", json.dumps({"train": files["train"], "test": files["test"]}), "--fields", '{"text": "review"}',
+          "--carve-valid", "0.25", "--preset", "smoke", "--methods", '["standard-finetune"]', "--seeds", "[0]",
+          "--fractions", "[1.0, 0.5]", "--max-steps", "2", "--out-dir", str(tmp_path / "report")])
+    results = {r["fraction"]: r for r in (json.loads(p.read_text())
+                                          for p in (tmp_path / "report" / "runs").glob("*/*/*/results.json"))}
+    assert {f: (r["count"], r["full_train_size"]) for f, r in results.items()} == {1.0: (30, 30), 0.5: (15, 30)}
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["fraction_base"] == 30 and report["valid_carved"] == {"from": "train", "size": 10, "seed": 0}
+    assert {f: row["count"] for f, row in report["spend"]["fractions"].items()} == {"1": 30, "0.5": 15}
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "(40 - 10 = 30 examples)" in summary and "10 examples were carved from train (seed 0)" in summary

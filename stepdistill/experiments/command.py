@@ -73,8 +73,9 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
     out = Path(out_dir) if out_dir else Path("reports") / f"{task_obj.name}-{chosen.name}"
     started = time.perf_counter()
     if not report_only:
-        run_sweep(task_obj, loaded.splits, chosen, out, workers=workers)
-    report = write_report(task_obj, chosen, out, splits=loaded.splits,
+        run_sweep(task_obj, loaded.splits, chosen, out, workers=workers, full_train_size=loaded.train_full_size)
+    report = write_report(task_obj, chosen, out, splits=loaded.splits, full_train_size=loaded.train_full_size,
+                          valid_carved=loaded.valid_carved,
                           sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1),
                           prices=prices, label_cost=label_cost, spend_tokenizer=spend_tokenizer)
     print((out / "summary.md").read_text())

@@ -116,19 +116,19 @@ def sweep_preset(experiment: Experiment, task):
     return replace(preset, **overrides)
 
 
-def examples_to_generate(task, train: list[dict], preset) -> list[dict]:
+def examples_to_generate(task, train: list[dict], preset, full_train_size: int | None = None) -> list[dict]:
     """The training examples some run of the sweep trains on: per seed, the largest fraction's subset (every smaller
     fraction's subset lies inside it); none when no method reads teacher outputs."""
     from ..data import subsample
-    from .sweep import check_fractions
+    from .sweep import check_fractions, fraction_base
 
     if all(method in NEEDS_NO_TEACHER for method in preset.methods):
         return []
-    counts = check_fractions(preset, task, len(train))
+    counts = check_fractions(preset, task, len(train), full_train_size)
     largest = max(counts, key=counts.get)
     wanted: set[str] = set()
     for seed in preset.seeds:
-        chosen = subsample(train, fraction=largest, seed=seed, full_size=task.full_split_sizes.get("train"))
+        chosen = subsample(train, fraction=largest, seed=seed, full_size=fraction_base(task, full_train_size))
         wanted.update(record["id"] for record in chosen)
     return [record for record in train if record["id"] in wanted]
 
@@ -145,7 +145,7 @@ def run_experiment(experiment: Experiment, echo=print) -> dict[str, Any]:
     preset = sweep_preset(experiment, task)
     out_dir = Path(experiment.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    needed = examples_to_generate(task, data.splits.get("train", []), preset)
+    needed = examples_to_generate(task, data.splits.get("train", []), preset, data.train_full_size)
     cache = Path(experiment.teacher.cache or out_dir / "rationales_train.jsonl")
     generation: dict[str, Any] = {"train_examples": len(data.splits.get("train", [])), "examples_needed": len(needed)}
     if needed:
@@ -163,8 +163,10 @@ def run_experiment(experiment: Experiment, echo=print) -> dict[str, Any]:
             raise ValueError(f"{cache}: the teacher gave no usable rationale for any of {len(needed):,} examples")
         data.splits["train"] = attach_rationales(data.splits["train"], load_rationales(cache))
     sweep_started = time.perf_counter()
-    run_sweep(task, data.splits, preset, out_dir, echo=echo, workers=experiment.workers)
-    report = write_report(task, preset, out_dir, splits=data.splits,
+    run_sweep(task, data.splits, preset, out_dir, echo=echo, workers=experiment.workers,
+              full_train_size=data.train_full_size)
+    report = write_report(task, preset, out_dir, splits=data.splits, full_train_size=data.train_full_size,
+                          valid_carved=data.valid_carved,
                           sweep_wall_s=round(time.perf_counter() - sweep_started, 1))
     generation["wall_s"] = round(time.perf_counter() - started, 1)
     (out_dir / "generation.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -189,7 +191,8 @@ def run_command(experiment: str, report_only: bool = False) -> None:
     started = time.perf_counter()
     if report_only:
         data = load_data(spec.data)
-        write_report(data.task, sweep_preset(spec, data.task), spec.out_dir, splits=data.splits)
+        write_report(data.task, sweep_preset(spec, data.task), spec.out_dir, splits=data.splits,
+                     full_train_size=data.train_full_size, valid_carved=data.valid_carved)
     else:
         run_experiment(spec)
     out = Path(spec.out_dir)

@@ -19,7 +19,7 @@ from .presets import METHOD_TITLES, METHODS, Preset
 from .spend import fraction_spend, spend_series
 from .stats import (aggregate, beats_chance, convergence, majority_rate, matching_fraction, method_name,
                     teacher_accuracy)
-from .sweep import _write_json_atomic, eval_splits, load_results
+from .sweep import _write_json_atomic, eval_splits, fraction_base, load_results
 from .tokens import load_counter
 
 CSV_COLUMNS = ("method", "fraction", "percent", "count", "n_seeds", "seeds", "test_accuracy_mean",
@@ -66,12 +66,14 @@ def markdown_table(rows: list[dict]) -> str:
 def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
                  splits: dict[str, list[dict]] | None = None, sweep_wall_s: float | None = None,
                  prices: dict[str, Any] | None = None, label_cost: float = 0.0,
-                 spend_tokenizer: str | None = None) -> dict:
+                 spend_tokenizer: str | None = None, full_train_size: int | None = None,
+                 valid_carved: dict[str, Any] | None = None) -> dict:
     """Aggregate ``out_dir/runs/*/*/*/results.json`` into summary.csv, summary.md, curve_*.png and report.json.
 
     With ``splits``, also the teacher spend per fraction (:mod:`.spend`; ``prices`` {model: [USD per M input, per M
     output]}, ``label_cost`` USD per human label, ``spend_tokenizer`` as ``stepdistill inspect --tokenizer``) and
-    curve_spend.png."""
+    curve_spend.png. ``full_train_size``: the size fractions refer to, as for :func:`.sweep.run_sweep`; ``valid_carved``:
+    ``TaskData.valid_carved``, stated in the report."""
     task = get_task(task)
     preset = preset.for_task(task)
     out_dir = Path(out_dir)
@@ -82,6 +84,8 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
     info: dict[str, Any] = {
         "task": task.name, "preset": asdict(preset), "runs_finished": len(results),
         "full_split_sizes": dict(task.full_split_sizes),
+        "fraction_base": fraction_base(task, full_train_size),
+        "valid_carved": valid_carved,
         "sum_of_run_wall_s": round(sum(float(r.get("sweep_wall_s", 0.0)) for r in results), 1),
         "sweep_wall_s_this_invocation": sweep_wall_s,
         "chance_test_accuracy": None,  # set below when the splits are given
@@ -115,7 +119,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
     info["spend"] = None
     if splits is not None:
         spend = fraction_spend(task, preset, splits["train"], load_counter(spend_tokenizer or _student_tokenizer(model)),
-                               prices, label_cost)
+                               prices, label_cost, full_train_size=full_train_size)
         info["spend"] = spend
         plots["spend"] = plot_spend(spend_series(rows, spend), spend, teacher_acc, out_dir / "curve_spend.png",
                                     f"{task.name}: {model}, {preset.name} preset: accuracy against spend")
@@ -192,7 +196,8 @@ def _convergence_fact(method: str, entry: dict) -> str:
 
 
 def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) -> str:
-    full = task.full_split_sizes.get("train")
+    full = info.get("fraction_base")
+    public = task.full_split_sizes.get("train")
     local = info.get("local_split_sizes", {})
     lines = [f"# Data efficiency: {task.name}, preset `{preset.name}`", ""]
     lines.append(f"Test accuracy (%) of `{preset.model}` students, mean ± 95% confidence interval (Student t) "
@@ -201,9 +206,16 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
     lines.append("")
     lines.append(markdown_table(rows))
     facts = []
-    if full:
+    if full and public and full != public:
+        facts.append(f"Fractions are relative to the full public training split less the carved valid split "
+                     f"({public:,} - {public - full:,} = {full:,} examples), not to the examples available locally.")
+    elif full:
         facts.append(f"Fractions are relative to the full public training split ({full:,} examples), as in the "
                      "paper, not to the examples available locally.")
+    carved = info.get("valid_carved")
+    if carved:
+        facts.append(f"The task has no valid split: {carved['size']:,} examples were carved from train (seed "
+                     f"{carved['seed']}) for model selection, disjoint from every training subset.")
     if local:
         facts.append("Examples available locally: " + ", ".join(f"{k} {v:,}" for k, v in local.items()) + ".")
     if "eval_sizes" in info:

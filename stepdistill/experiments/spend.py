@@ -45,13 +45,15 @@ def example_tokens(task: Task, records: list[dict[str, Any]], counter) -> dict[s
 
 
 def fraction_spend(task: Task, preset: Preset, train: list[dict[str, Any]], counter, prices: dict | None,
-                   label_cost: float, teacher_model: str = REPLAY_TEACHER) -> dict[str, Any]:
+                   label_cost: float, teacher_model: str = REPLAY_TEACHER,
+                   full_train_size: int | None = None) -> dict[str, Any]:
     """Per fraction (mean over the preset's seeds, whose subsets differ): examples, teacher tokens and USD, and the
     human-label cost; plus what was assumed."""
     from ..data import subsample
+    from .sweep import fraction_base
 
     price = check_prices(prices, teacher_model)
-    full = task.full_split_sizes.get("train")
+    full = fraction_base(task, full_train_size)
     subsets = {(fraction, seed): subsample(train, fraction=fraction, seed=seed, full_size=full)
                for fraction in preset.fractions_for(task) for seed in preset.seeds}
     needed = {str(r["id"]): r for subset in subsets.values() for r in subset}

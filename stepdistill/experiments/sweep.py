@@ -44,9 +44,15 @@ def plan_runs(preset: Preset, task: Task) -> list[RunSpec]:
             for seed in preset.seeds for fraction in preset.fractions_for(task) for method in preset.methods]
 
 
-def check_fractions(preset: Preset, task: Task, n_train: int) -> dict[float, int]:
+def fraction_base(task: Task, full_train_size: int | None = None) -> int | None:
+    """The train size that fractions refer to: ``full_train_size`` when given (``TaskData.train_full_size``: the
+    public split less a carved valid split), else the task's complete public train split (None: unknown)."""
+    return full_train_size if full_train_size is not None else task.full_split_sizes.get("train")
+
+
+def check_fractions(preset: Preset, task: Task, n_train: int, full_train_size: int | None = None) -> dict[float, int]:
     """Examples per fraction; fails before any training when a fraction needs more examples than exist."""
-    full = task.full_split_sizes.get("train", n_train)
+    full = fraction_base(task, full_train_size) or n_train
     counts = {f: round(f * full) for f in preset.fractions_for(task)}
     too_big = {f: n for f, n in counts.items() if n > n_train or n < 1}
     if too_big:
@@ -108,10 +114,12 @@ def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
 
 def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, out_dir: str | os.PathLike,
               train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
-              workers: int = 1) -> list[dict]:
+              workers: int = 1, full_train_size: int | None = None) -> list[dict]:
     """Train every planned run that has no finished folder yet; returns the results of all finished runs.
 
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
+    ``full_train_size`` is the size fractions refer to (pass ``TaskData.train_full_size`` when valid was carved
+    from train); default the task's public train size.
     ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` with a progress callback.
     ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
     (1 when unset).
@@ -133,8 +141,8 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
     out_dir.mkdir(parents=True, exist_ok=True)
     with _lock_sweep(out_dir):  # held for the whole sweep; the OS drops it if the process is killed
         train, valid, test = eval_splits(splits, preset)
-        counts = check_fractions(preset, task, len(train))
-        full_train = task.full_split_sizes.get("train")
+        counts = check_fractions(preset, task, len(train), full_train_size)
+        full_train = fraction_base(task, full_train_size)
         plan = plan_runs(preset, task)
         done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
         echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}"
