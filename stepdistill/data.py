@@ -11,6 +11,7 @@ reason; nothing is blanked.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections import Counter
@@ -175,7 +176,8 @@ def _build_records(task: Task, split: str, raw: Raw) -> tuple[list[dict[str, Any
     if outputs is not None:
         full_size = task.full_split_sizes.get(split)
         seen = {record["id"] for record in records}
-        for teacher_id, (where, _) in outputs.items():
+        skipped = ((teacher_id, f"{raw.teacher.where}: line {lineno}") for teacher_id, lineno in raw.teacher.skipped)
+        for teacher_id, where in itertools.chain(((key, where) for key, (where, _) in outputs.items()), skipped):
             if teacher_id in seen:
                 continue
             # Outputs for examples that exist in the full public split but not locally are expected (counted);

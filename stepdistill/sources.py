@@ -19,7 +19,7 @@ import csv
 import gzip
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -97,11 +97,42 @@ class TeacherOutputs:
     outputs: dict[str, tuple[str, str]]  # id (or position, as a string) -> (where, output)
     where: str  # the file(s), for messages
     by_position: bool  # keys are positions in the split, to be replaced by the examples' ids
+    skipped: list[tuple[str, int]] = field(default_factory=list)  # (id, line) of outputs for no wanted example
 
 
-def _teacher_by_id(path: Path, id_field: str = "id", output_field: str = "output") -> dict[str, tuple[str, str]]:
+# `{"id": 17, ...` or `{"id": "a-b", ...`: the id of a teacher line, read without parsing the rest of the line
+_LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*[,}]')
+
+
+def _skip_unwanted(path: Path, wanted: set[str], skipped: list[tuple[str, int]]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of the lines whose id is wanted or cannot be read cheaply; the others' (id, line) go to
+    ``skipped`` unparsed (the shared e-SNLI teacher file holds 549,367 outputs, for 14,949 local examples)."""
+    with _open_text(path) as handle:
+        for lineno, line in enumerate(_lines(handle, path), start=1):
+            match = _LEADING_ID.match(line)
+            key = None if match is None else json.loads(match[1]) if match[1][0] == '"' else match[1]
+            if key is not None and key not in wanted:
+                skipped.append((key, lineno))
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)  # jsonlines reads whole files; here most lines are skipped before parsing
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {lineno}: malformed JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _teacher_by_id(path: Path, id_field: str = "id", output_field: str = "output", wanted: set[str] | None = None,
+                   skipped: list[tuple[str, int]] | None = None) -> dict[str, tuple[str, str]]:
+    """Teacher outputs by id. With ``wanted`` (and ``id_field`` "id"), only lines for those ids are parsed; the
+    others' (id, line) are appended to ``skipped``."""
     outputs: dict[str, tuple[str, str]] = {}
-    for lineno, obj in read_jsonl(path):
+    lines = (read_jsonl(path) if wanted is None or id_field != "id"
+             else _skip_unwanted(path, wanted, skipped if skipped is not None else []))
+    for lineno, obj in lines:
         for name in (id_field, output_field):
             if name not in obj:
                 raise DataError(f"{path}: line {lineno}: missing field '{name}'")
@@ -134,11 +165,14 @@ def _teacher_by_position(folder: Path, split: str) -> TeacherOutputs | None:
     return TeacherOutputs(outputs, str(chunks[0].parent / f"{split}_CoT_*.json"), by_position=True)
 
 
-def teacher_outputs(folder: Path, split: str) -> TeacherOutputs | None:
-    """A split's teacher outputs in ``folder``: ``palm_{split}.jsonl[.gz]`` by id, else ``[llm/]{split}_CoT_*.json``."""
+def teacher_outputs(folder: Path, split: str, wanted: set[str] | None = None) -> TeacherOutputs | None:
+    """A split's teacher outputs in ``folder``: ``palm_{split}.jsonl[.gz]`` by id, else ``[llm/]{split}_CoT_*.json``.
+    ``wanted``: the ids of the examples at hand; outputs for other ids are only listed in ``skipped``."""
     palm = _find(folder, f"palm_{split}")
     if palm:
-        return TeacherOutputs(_teacher_by_id(palm), str(palm), by_position=False)
+        skipped: list[tuple[str, int]] = []
+        return TeacherOutputs(_teacher_by_id(palm, wanted=wanted, skipped=skipped), str(palm), by_position=False,
+                              skipped=skipped)
     for candidate in (folder / "llm", folder):
         positional = _teacher_by_position(candidate, split)
         if positional:
@@ -173,13 +207,27 @@ def _official_folder(root: Path, task: Task) -> Path:
     return root / task.name if (root / task.name).is_dir() else root
 
 
+def _example_ids(task: Task, examples: list[tuple[str, dict[str, Any]]]) -> set[str] | None:
+    """The examples' ids as the task reads them; None (every teacher line is parsed) when one has none."""
+    ids = set()
+    for _, example in examples:
+        try:
+            prepared = task.prepare_example(example)
+        except ValueError:
+            return None  # reported where the examples are built
+        if task.id_field not in prepared:
+            return None
+        ids.add(str(prepared[task.id_field]))
+    return ids
+
+
 def _raw_local(task: Task, root: Path, split: str, **_: Any) -> Raw | None:
     folder = _task_folder(root, task, split)
     path = _find(folder, split)
     if path is None:
         return None
     examples = [(f"{path}: line {lineno}", obj) for lineno, obj in read_jsonl(path)]
-    return Raw(examples, teacher_outputs(folder, split), str(path))
+    return Raw(examples, teacher_outputs(folder, split, _example_ids(task, examples)), str(path))
 
 
 def _raw_official(task: Task, root: Path, split: str, **_: Any) -> Raw | None:

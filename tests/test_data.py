@@ -88,6 +88,26 @@ def test_local_records_keep_and_mark_unusable_teacher_outputs(tmp_path):
     assert dict(report.teacher_failures) == {"unknown_label": 1, "no_answer": 1}
 
 
+def test_teacher_lines_for_examples_not_held_locally_are_counted_unparsed(tmp_path):
+    """Only the lines of local examples are parsed: a broken line for another example of the full split is counted
+    (it cannot reach training), a broken line for a local example is still an error, and a line whose id is not
+    first is parsed whole."""
+    root = make_local(tmp_path, gz=False)
+    palm = root / "esnli" / "palm_test.jsonl"
+    lines = palm.read_text().splitlines()
+    palm.write_text("\n".join([lines[0], '{"id": 7, "output": "cut sh', '{"output": "x", "id": 8}', *lines[1:],
+                               '{ "id" : 9 }']) + "\n")
+    data = load_task_data("esnli", data_dir=root)
+    assert [r["teacher_error"] for r in data.splits["test"]] == [None, "unknown_label", "no_answer"]
+    assert data.report["test"].teacher_without_example == 3  # ids 7, 8, 9
+    palm.write_text("\n".join([lines[0], '{"id": 1, "output": "cut sh', lines[2]]) + "\n")
+    with pytest.raises(DataError, match=r"palm_test.jsonl: line 2: malformed JSON"):
+        load_task_data("esnli", data_dir=root)
+    palm.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(DataError, match=r"palm_test.jsonl: line 4: field 'id': duplicate teacher output id 1"):
+        load_task_data("esnli", data_dir=root)
+
+
 def test_example_without_teacher_output_is_marked_missing(tmp_path):
     data = load_task_data("esnli", data_dir=make_local(tmp_path, teacher=NLI_TEACHER[:2]))
     assert data.splits["test"][2]["teacher_error"] == "missing"
