@@ -7,19 +7,23 @@ Reference algorithm (re-implemented here from its description, on the same HF Se
     input of EVERY example of the eval split, decoded and string-compared with the gold label.
 Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, rank-scored validation
 accuracy with one encoder pass per batch, best checkpoint kept) with the reference's data order (random sampler,
-same seed: the same examples in every batch), run twice:
+same seed: the same examples in every batch), run as:
   - "ours": the defaults; with one torch thread each batch runs in 4 length-sorted chunks padded only to their own
     longest row (the same loss sum and update as one padded batch, less padding computed), with more threads in 1;
-  - "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks contribute.
-With --grouped also "ours grouped": length-grouped global batches (a different data order: batches of similar length).
+  - "ours shared": `shared_encoder=True`, one encoder pass per batch for both tasks (the task prefix goes to the
+    decoder): a different model, so its accuracy is compared over seeds (skip with --no-shared);
+  - with --one-chunk "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks do;
+  - with --grouped "ours grouped": length-grouped global batches (a different data order).
+The reference also holds every teacher output of the train split in memory, as the released code does (549,367
+strings for e-SNLI); ours parses only the lines of the examples it trains on. Every side runs once per --seeds seed.
 
 Same initial weights (one tiny student built once and loaded by both), same examples, batch size, steps, learning
 rate schedule, eval interval and machine. Each side runs in its own subprocess so peak memory (max RSS) is its own.
 The figure compared is the wall time of `trainer.train()` (training + the evaluations during training); ours also
 saves a checkpoint at every evaluation and reloads the best one at the end, the reference saves nothing.
 
+    python experiments/bench_trainer.py --batch-size 64 --valid 2000 --seeds 0 1 2   # e-SNLI, 3 seeds, 2 threads
     python experiments/bench_trainer.py --threads 1 --valid 9842   # e-SNLI, the whole valid split, like the reference
-    python experiments/bench_trainer.py                     # e-SNLI, 500 valid, 2 threads (or the demo data)
     python experiments/bench_trainer.py --task arith-demo   # synthetic data, no shared data needed
 """
 
@@ -37,25 +41,37 @@ from pathlib import Path
 PREFIXES = ("[label] ", "[rationale] ")
 
 
-def load_records(args) -> tuple[list[dict], list[dict]]:
-    """(train, valid) records with usable rationales, identical for both workers."""
+def load_records(args) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, valid, test) records (train with usable rationales), identical for both workers."""
     from stepdistill.student.trainer import usable_rationale
 
     if args.task == "arith-demo":
         from stepdistill.demo import demo_records
 
-        splits = demo_records(Path(args.work_dir) / "demo-data", {"train": args.train, "valid": args.valid, "test": 1},
-                              seed=0)
-        train, valid = splits["train"], splits["valid"]
+        splits = demo_records(Path(args.work_dir) / "demo-data",
+                              {"train": args.train, "valid": args.valid, "test": args.test}, seed=0)
+        train, valid, test = splits["train"], splits["valid"], splits["test"]
     else:
         from stepdistill.data import load_task_data, subsample
 
-        data = load_task_data(args.task, data_dir=args.data_dir, splits=("train", "valid"))
+        data = load_task_data(args.task, data_dir=args.data_dir, splits=("train", "valid", "test"))
         train = [r for r in data.splits["train"] if usable_rationale(r)]
         train = subsample(train, count=args.train, seed=0)
         valid = subsample(data.splits["valid"], count=args.valid, seed=0)
+        test = subsample(data.splits["test"], count=args.test, seed=0)
     # the reference, like the released code, needs a rationale for every training example
-    return [r for r in train if usable_rationale(r)], valid
+    return [r for r in train if usable_rationale(r)], valid, test
+
+
+def released_code_teacher_outputs(args) -> list[dict]:
+    """What the released code holds in memory besides the examples: every teacher output of the train split, parsed
+    (its loader json-loads all ``train_CoT_*.json`` chunks, lists of strings, and adds them to the dataset as
+    columns); ours reads only the lines of the examples it trains on."""
+    from stepdistill.data import resolve_data_dir
+    from stepdistill.sources import _find, read_jsonl
+
+    path = _find(resolve_data_dir(args.data_dir) / args.task, "palm_train")
+    return [obj["output"] for _, obj in read_jsonl(path)] if path else []
 
 
 def build_init(args, train) -> str:
@@ -63,7 +79,9 @@ def build_init(args, train) -> str:
 
     init = Path(args.work_dir) / "init"
     if not (init / "config.json").exists():
-        build_tiny_student(student_texts(train, *PREFIXES), init, seed=0)
+        shape = dict(d_model=args.d_model, d_kv=args.d_model // 4, d_ff=4 * args.d_model, num_layers=args.layers,
+                     num_decoder_layers=args.layers)
+        build_tiny_student(student_texts(train, *PREFIXES), init, seed=0, **shape)
     return str(init)
 
 
@@ -73,7 +91,7 @@ def peak_rss_mb() -> float:
 
 # -- reference ---------------------------------------------------------------------------------------------------
 
-def run_reference(args, train, valid, init) -> dict:
+def run_reference(args, train, valid, test, init) -> dict:
     import numpy as np
     import pandas as pd
     import torch
@@ -147,12 +165,13 @@ def run_reference(args, train, valid, init) -> dict:
     curve = [(row["step"], row["eval_accuracy"]) for row in trainer.state.log_history if "eval_accuracy" in row]
     return {"train_and_eval_seconds": seconds, "valid_curve": curve,
             "final_valid_accuracy": curve[-1][1], "best_valid_accuracy": max(a for _, a in curve),
-            "kept_model": same_scorers(trainer.model, tokenizer, valid, args)}
+            "kept_model": same_scorers(trainer.model, tokenizer, valid, args),
+            "test": same_scorers(trainer.model, tokenizer, test, args)}
 
 
 # -- ours --------------------------------------------------------------------------------------------------------
 
-def run_ours(args, train, valid, init) -> dict:
+def run_ours(args, train, valid, test, init) -> dict:
     from stepdistill.student.trainer import TrainConfig, run_training
 
     config = TrainConfig(model=init, method="step-by-step", alpha=args.alpha, max_steps=args.steps,
@@ -161,36 +180,43 @@ def run_ours(args, train, valid, init) -> dict:
                          bf16=args.bf16, max_input_length=args.max_input_length,
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
                          logging_steps=args.eval_steps, group_by_length=args.group_by_length,
-                         length_chunks=args.length_chunks)
+                         length_chunks=args.length_chunks, shared_encoder=args.shared_encoder)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
 
     run_dir = Path(args.work_dir) / (f"ours{'-grouped' if args.group_by_length else ''}{'-bf16' if args.bf16 else ''}"
-                                     f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}")
+                                     f"{'-shared' if args.shared_encoder else ''}"
+                                     f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}"
+                                     f"-seed{args.seed}")
     results = run_training(args.task, train, valid, [], config, run_dir)
     curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
     model, tokenizer = load_student(run_dir / "model")
+    from stepdistill.student.families import Seq2SeqFamily
+
+    family = Seq2SeqFamily(PREFIXES if args.shared_encoder else ())
     return {"train_and_eval_seconds": results["train_seconds"], "valid_curve": curve,
             "final_valid_accuracy": curve[-1][1], "best_valid_accuracy": max(a for _, a in curve),
             "wall_seconds_with_final_scoring": results["wall_seconds"],
-            "kept_model": same_scorers(model, tokenizer, valid, args)}
+            "kept_model": same_scorers(model, tokenizer, valid, args, family),
+            "test": same_scorers(model, tokenizer, test, args, family)}
 
 
-def same_scorers(model, tokenizer, valid, args) -> dict:
-    """Valid accuracy of a final model under both scorers (not timed): rank scoring and generate + string compare."""
+def same_scorers(model, tokenizer, records, args, family=None) -> dict:
+    """Accuracy of a final model under both scorers (not timed): generate + string compare, and rank scoring with
+    the summed and the per-token mean log-probability."""
     from stepdistill.student.evaluate import generate_texts, rank_scores
 
-    inputs = [PREFIXES[0] + r["input"] for r in valid]
-    texts = generate_texts(model, tokenizer, inputs, args.eval_batch_size, args.max_input_length, 64)
-    generated = sum(t.strip() == r["label"] for t, r in zip(texts, valid)) / len(valid)
-    if all(r.get("choices") for r in valid):
-        scores = rank_scores(model, tokenizer, inputs, [r["choices"] for r in valid], args.eval_batch_size,
-                             args.max_input_length)
-        ranked = sum(r["choices"][max(range(len(s)), key=s.__getitem__)] == r["label"]
-                     for s, r in zip(scores, valid)) / len(valid)
-    else:
-        ranked = None
-    return {"generate_string_match": generated, "rank": ranked}
+    inputs = [PREFIXES[0] + r["input"] for r in records]
+    texts = generate_texts(model, tokenizer, inputs, args.eval_batch_size, args.max_input_length, 64, family=family)
+    out = {"generate_string_match": sum(t.strip() == r["label"] for t, r in zip(texts, records)) / len(records),
+           "rank": None, "rank_mean": None}
+    if all(r.get("choices") for r in records):
+        for key, normalization in (("rank", "sum"), ("rank_mean", "mean")):
+            scores = rank_scores(model, tokenizer, inputs, [r["choices"] for r in records], args.eval_batch_size,
+                                 args.max_input_length, normalization=normalization, family=family)
+            out[key] = sum(r["choices"][max(range(len(s)), key=s.__getitem__)] == r["label"]
+                           for s, r in zip(scores, records)) / len(records)
+    return out
 
 
 def worker(args) -> None:
@@ -199,11 +225,12 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     if args.task == "arith-demo":
         import stepdistill.demo  # noqa: F401  (registers the task)
-    train, valid = load_records(args)
+    held = released_code_teacher_outputs(args) if args.worker == "reference" and args.task != "arith-demo" else []
+    train, valid, test = load_records(args)
     init = build_init(args, train)
-    out = (run_reference if args.worker == "reference" else run_ours)(args, train, valid, init)
+    out = (run_reference if args.worker == "reference" else run_ours)(args, train, valid, test, init)
     out.update(peak_rss_mb=round(peak_rss_mb(), 1), train_examples=len(train), valid_examples=len(valid),
-               threads=torch.get_num_threads())
+               test_examples=len(test), threads=torch.get_num_threads(), teacher_outputs_held=len(held))
     Path(args.result).write_text(json.dumps(out))
 
 
@@ -222,11 +249,17 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--max-input-length", type=int, default=128)
     parser.add_argument("--max-target-length", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, each run by every side")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # one worker's seed
+    parser.add_argument("--test", type=int, default=2000, help="test examples scored once at the end (untimed)")
+    parser.add_argument("--d-model", type=int, default=256, help="student width (d_kv = d/4, d_ff = 4d, 4 heads)")
+    parser.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also run ours with bf16 autocast")
     parser.add_argument("--grouped", action="store_true", help="also run ours with length-grouped batches")
-    parser.add_argument("--no-one-chunk", action="store_true", help="skip the 'ours 1 chunk' run")
+    parser.add_argument("--one-chunk", action="store_true", help="also run ours with one padded batch per task")
+    parser.add_argument("--no-shared", action="store_true", help="skip the 'ours shared' run (shared encoder)")
+    parser.add_argument("--shared-encoder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--length-chunks", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-by-length", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
@@ -236,40 +269,66 @@ def main() -> None:
         return worker(args)
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    runs = [("reference", []), ("ours", [])] + ([] if args.no_one_chunk else [("ours 1 chunk", ["--length-chunks", "1"])])
+    runs = [("reference", []), ("ours", [])]
+    runs += [] if args.no_shared else [("ours shared", ["--shared-encoder"])]
+    runs += [("ours 1 chunk", ["--length-chunks", "1"])] if args.one_chunk else []
     runs += [("ours grouped", ["--group-by-length"])] if args.grouped else []
     runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
-    results = {}
-    base = [a for a in sys.argv[1:] if a not in ("--bf16", "--grouped", "--no-one-chunk")]
-    for label, extra in runs:
-        result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}.json"
-        cmd = [sys.executable, __file__, *base, "--worker", label.split()[0], "--result", str(result), *extra]
-        print(f"running {label} ... (load average {os.getloadavg()[0]:.1f})", flush=True)
-        done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
-                              capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"{label} failed:\n{done.stderr[-4000:]}")
-        results[label] = json.loads(result.read_text())
-        results[label]["load_average_after"] = round(os.getloadavg()[0], 1)
-
-    ref = results["reference"]
-    print(f"\ntask {args.task}: {ref['train_examples']} train / {ref['valid_examples']} valid examples, "
-          f"{args.steps} steps, global batch {args.batch_size}, eval every {args.eval_steps} steps, "
-          f"{args.threads} threads, tiny T5 (same initial weights)")
-    header = f"{'trainer':<16}{'train+eval s':>13}{'speed-up':>10}{'valid acc (final)':>19}{'valid acc (best)':>18}{'peak RSS MB':>13}"
-    print(header + "\n" + "-" * len(header))
-    for label, r in results.items():
-        speedup = ref["train_and_eval_seconds"] / r["train_and_eval_seconds"]
-        print(f"{label:<16}{r['train_and_eval_seconds']:>13.1f}{speedup:>9.2f}x{100 * r['final_valid_accuracy']:>18.1f}%"
-              f"{100 * r['best_valid_accuracy']:>17.1f}%{r['peak_rss_mb']:>13.0f}")
-    print("\nthe model each side ends with (ours: best on valid; reference: last), scored both ways on valid: " + "; ".join(
-        f"{label}: generate+match {100 * r['kept_model']['generate_string_match']:.1f}%"
-        + (f", rank {100 * r['kept_model']['rank']:.1f}%" if r['kept_model']['rank'] is not None else "")
-        for label, r in results.items()))
-    print("valid accuracy per eval (step, acc): " + "; ".join(
-        f"{label}: " + ", ".join(f"{s}:{100 * a:.1f}" for s, a in r["valid_curve"]) for label, r in results.items()))
+    flags = ("--bf16", "--grouped", "--one-chunk", "--no-shared")
+    base = [a for a in sys.argv[1:] if a not in flags]
+    if "--seeds" in base:  # the workers get one --seed each
+        at = base.index("--seeds")
+        end = next((i for i in range(at + 1, len(base)) if base[i].startswith("--")), len(base))
+        base = base[:at] + base[end:]
+    results: dict[str, list[dict]] = {label: [] for label, _ in runs}
+    for seed in args.seeds:  # the sides alternate within each seed, so a change of load hits both
+        for label, extra in runs:
+            result = Path(args.work_dir) / f"result-{label.replace(' ', '-')}-seed{seed}.json"
+            cmd = [sys.executable, __file__, *base, "--seed", str(seed), "--worker", label.split()[0],
+                   "--result", str(result), *extra]
+            print(f"running {label}, seed {seed} ... (load average {os.getloadavg()[0]:.1f})", flush=True)
+            done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{label} failed:\n{done.stderr[-4000:]}")
+            results[label].append(json.loads(result.read_text()))
+            results[label][-1].update(seed=seed, load_average_after=round(os.getloadavg()[0], 1))
+    print_tables(args, results)
     (Path(args.work_dir) / "bench_results.json").write_text(json.dumps(results, indent=2))
 
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    import statistics
+
+    mean = statistics.fmean(values) * scale
+    return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else "")
+
+
+def print_tables(args, results: dict[str, list[dict]]) -> None:
+    ref = results["reference"]
+    first = ref[0]
+    print(f"\ntask {args.task}: {first['train_examples']} train / {first['valid_examples']} valid / "
+          f"{first['test_examples']} test examples, {args.steps} steps, global batch {args.batch_size}, eval every "
+          f"{args.eval_steps} steps, {args.threads} threads, tiny T5 d_model {args.d_model}, {args.layers}+"
+          f"{args.layers} layers (same initial weights); seeds {', '.join(map(str, args.seeds))}: mean ± sd")
+    ref_seconds = sum(r["train_and_eval_seconds"] for r in ref)
+    score = "rank" if first["test"]["rank"] is not None else "generate_string_match"
+    header = (f"{'trainer':<14}{'train+eval s':>16}{'speed-up':>10}{'peak RSS MB':>14}{'valid (best) %':>16}"
+              f"{'test % (' + score.split('_')[0] + ')':>16}")
+    print(header + "\n" + "-" * len(header))
+    for label, runs in results.items():
+        speedup = ref_seconds / sum(r["train_and_eval_seconds"] for r in runs)  # ratio of summed wall times
+        print(f"{label:<14}{_mean_sd([r['train_and_eval_seconds'] for r in runs]):>16}{speedup:>9.2f}x"
+              f"{_mean_sd([r['peak_rss_mb'] for r in runs], digits=0):>14}"
+              f"{_mean_sd([r['best_valid_accuracy'] for r in runs], 100):>16}"
+              f"{_mean_sd([r['test'][score] for r in runs], 100):>16}")
+    if first["test"]["rank"] is not None:
+        print("\ntest accuracy of the kept models by rank normalization (sum / per-token mean): " + "; ".join(
+            f"{label}: {_mean_sd([r['test']['rank'] for r in runs], 100)} / "
+            f"{_mean_sd([r['test']['rank_mean'] for r in runs], 100)}" for label, runs in results.items()))
+    print("valid accuracy per eval (step:acc), per seed: " + "; ".join(
+        f"{label}: " + " | ".join(", ".join(f"{s}:{100 * a:.1f}" for s, a in r["valid_curve"]) for r in runs)
+        for label, runs in results.items()))
 
 if __name__ == "__main__":
     main()

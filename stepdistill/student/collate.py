@@ -49,6 +49,9 @@ class MultiTaskCollator:
             "rationale_input_ids": rationale_input_ids,
             "rationale_attention_mask": rationale_attention_mask,
             "rationale_labels": pad_rows([f["rationale_labels"] for f in with_rationale], -100),
+            # the batch rows of the rationale task's rows (a shared encoder reuses the label task's encoder states)
+            "rationale_rows": torch.tensor([i for i, f in enumerate(features) if f["rationale_labels"]],
+                                           dtype=torch.long),
             "example_index": torch.tensor([f["example_index"] for f in features], dtype=torch.long),
         }
 

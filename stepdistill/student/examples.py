@@ -53,16 +53,21 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     from .families import Seq2SeqFamily
 
     family = family or Seq2SeqFamily()
+    # a shared encoder reads the bare input for both tasks (the prefixes go to the decoder, in the loss)
+    label_prefix, rationale_prefix = ("", "") if config.shared_encoder else (config.label_prefix,
+                                                                             config.rationale_prefix)
     with_rationale = [i for i, example in enumerate(examples) if example["rationale"] is not None]
     rationale_inputs, rationale_targets = family.training_rows(
-        tokenizer, [config.rationale_prefix + examples[i]["input"] for i in with_rationale],
+        tokenizer, [rationale_prefix + examples[i]["input"] for i in with_rationale],
         [examples[i]["rationale"] for i in with_rationale], config.max_input_length, config.max_target_length)
+    if config.shared_encoder:
+        rationale_inputs = [[] for _ in rationale_inputs]  # the label task's input row is the rationale's too
     rationale_input_ids: list[list[int]] = [[] for _ in examples]
     rationale_labels: list[list[int]] = [[] for _ in examples]
     for i, inp, tgt in zip(with_rationale, rationale_inputs, rationale_targets):
         rationale_input_ids[i], rationale_labels[i] = inp, tgt
     input_ids, labels = family.training_rows(
-        tokenizer, [config.label_prefix + example["input"] for example in examples],
+        tokenizer, [label_prefix + example["input"] for example in examples],
         [example["target"] for example in examples], config.max_input_length, config.max_target_length)
     return Dataset.from_dict({
         "example_index": list(range(len(examples))),

@@ -2,6 +2,9 @@
 how candidate labels are scored and how text is generated. The trainer, evaluation and ``predict`` call only this.
 
   ``seq2seq``  encoder-decoder (T5, warm-started BERT pairs): the encoder reads the prompt, the decoder the target.
+               With ``decoder_prefixes`` (``TrainConfig.shared_encoder``) a prompt's task prefix goes to the decoder
+               instead, as forced tokens without loss: both tasks then read the same encoder input, and training
+               runs the encoder once per batch for both.
   ``causal``   decoder-only (``AutoModelForCausalLM``: Llama, SmolLM2, ...): one row = prompt + separator + target
                + eos. Prompt and target are tokenised separately and their ids concatenated, so no BPE merge
                crosses the boundary and a candidate is scored on exactly the ids it was trained on; only target
@@ -46,6 +49,30 @@ class Seq2SeqFamily:
     name = "seq2seq"
     labels_follow_inputs = False  # labels are the decoder's own sequence, not aligned with input_ids
 
+    def __init__(self, decoder_prefixes: tuple[str, ...] = ()):
+        self.decoder_prefixes = tuple(decoder_prefixes)
+
+    def split_prompt(self, prompt: str) -> tuple[str, str]:
+        """(encoder text, decoder prefix): the prompt's task prefix moves to the decoder with ``decoder_prefixes``."""
+        for prefix in self.decoder_prefixes:
+            if prompt.startswith(prefix):
+                return prompt[len(prefix):], prefix
+        return prompt, ""
+
+    def prefix_ids(self, tokenizer, prefix: str) -> list[int]:
+        """The decoder's forced tokens for a task prefix (no eos)."""
+        return tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"] if prefix else []
+
+    def _decoder_inputs(self, model, labels, prefix: list[int]):
+        """(decoder input ids, number of forced positions before the targets): the targets shifted right, after the
+        forced prefix tokens."""
+        import torch
+
+        if prefix:
+            forced = torch.tensor(prefix, dtype=labels.dtype, device=labels.device).expand(labels.shape[0], -1)
+            labels = torch.cat([forced, labels], 1)
+        return model.prepare_decoder_input_ids_from_labels(labels=labels), len(prefix)
+
     def training_rows(self, tokenizer, prompts: list[str], targets: list[str], max_input_length: int,
                       max_target_length: int) -> tuple[list[list[int]], list[list[int]]]:
         """(encoder input ids, decoder labels) per example."""
@@ -61,15 +88,43 @@ class Seq2SeqFamily:
 
         decoder_input_ids = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels=labels)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        return self._target_loss(logits, labels)
+
+    @staticmethod
+    def _target_loss(logits, labels):
+        import torch
+
         total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                                                   ignore_index=-100, reduction="sum")
         return total, labels.ne(-100).sum()
 
+    def shared_loss_sums(self, model, tokenizer, input_ids, attention_mask, labels, rationale_rows, rationale_labels,
+                         label_prefix: str, rationale_prefix: str, unwrapped=None):
+        """((label loss sum, tokens), (rationale loss sum, tokens)) with ONE encoder pass: the label pass computes
+        the encoder states, the rationale pass reuses those of its rows (``rationale_rows``); gradients from both
+        tasks reach the encoder through them."""
+        base = unwrapped or model
+        decoder_ids, forced = self._decoder_inputs(base, labels, self.prefix_ids(tokenizer, label_prefix))
+        out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_ids)
+        label = self._target_loss(out.logits[:, forced:], labels)
+        if rationale_rows.numel() == 0:
+            return label, (label[0].new_zeros(()), label[1].new_zeros(()))
+        decoder_ids, forced = self._decoder_inputs(base, rationale_labels, self.prefix_ids(tokenizer, rationale_prefix))
+        hidden = out.encoder_last_hidden_state[rationale_rows]
+        logits = model(encoder_outputs=(hidden,), attention_mask=attention_mask[rationale_rows],
+                       decoder_input_ids=decoder_ids).logits
+        return label, self._target_loss(logits[:, forced:], rationale_labels)
+
     def _encoder_batches(self, model, tokenizer, prompts, batch_size, max_input_length):
-        for batch in _length_batches([len(p) for p in prompts], batch_size):
-            enc = tokenizer([prompts[i] for i in batch], padding=True, truncation=True, max_length=max_input_length,
-                            return_tensors="pt").to(model.device)
-            yield batch, enc
+        """(indices, encoder inputs, decoder prefix ids) per batch; one batch holds one task prefix only."""
+        split = [self.split_prompt(p) for p in prompts]
+        for prefix in sorted({prefix for _, prefix in split}):
+            members = [i for i, (_, p) in enumerate(split) if p == prefix]
+            for batch in _length_batches([len(split[i][0]) for i in members], batch_size):
+                batch = [members[b] for b in batch]
+                enc = tokenizer([split[i][0] for i in batch], padding=True, truncation=True,
+                                max_length=max_input_length, return_tensors="pt").to(model.device)
+                yield batch, enc, self.prefix_ids(tokenizer, prefix)
 
     def rank_scores(self, model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int,
                     max_input_length: int, normalization: str = "sum") -> list[list[float]]:
@@ -80,7 +135,7 @@ class Seq2SeqFamily:
         device = model.device
         target_ids = _target_table(tokenizer, choices)
         scores: list[list[float]] = [[] for _ in prompts]
-        for batch, enc in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
+        for batch, enc, prefix in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
             hidden = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
             rows = [(b, c) for b, i in enumerate(batch) for c in choices[i]]
             labels = torch.full((len(rows), max(len(target_ids[c]) for _, c in rows)), -100, dtype=torch.long)
@@ -88,8 +143,9 @@ class Seq2SeqFamily:
                 labels[r, :len(target_ids[candidate])] = torch.tensor(target_ids[candidate])
             labels = labels.to(device)
             row_of = torch.tensor([b for b, _ in rows], device=device)
+            decoder_ids, forced = self._decoder_inputs(model, labels, prefix)
             logits = model(encoder_outputs=(hidden[row_of],), attention_mask=enc.attention_mask[row_of],
-                           decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)).logits
+                           decoder_input_ids=decoder_ids).logits[:, forced:]
             mask = labels.ne(-100)
             token_logprobs = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1))
             for (b, _), score in zip(rows, _candidate_scores(token_logprobs.squeeze(-1), mask, normalization)):
@@ -99,9 +155,17 @@ class Seq2SeqFamily:
     def generate(self, model, tokenizer, prompts: list[str], batch_size: int, max_input_length: int,
                  max_new_tokens: int) -> list[str]:
         """Greedy generation (stops at eos), in input order."""
+        import torch
+
         outputs = [""] * len(prompts)
-        for batch, enc in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
-            generated = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        for batch, enc, prefix in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
+            forced = {}
+            if prefix:  # the decoder starts with its start token and the task prefix
+                start = model.generation_config.decoder_start_token_id
+                start = model.config.decoder_start_token_id if start is None else start
+                forced["decoder_input_ids"] = torch.tensor([[start, *prefix]] * len(batch), device=model.device)
+            generated = model.generate(**enc, **forced, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+            generated = generated[:, 1 + len(prefix):] if prefix else generated
             for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True)):
                 outputs[i] = text.strip()
         return outputs
@@ -211,7 +275,12 @@ class CausalFamily:
 FAMILIES = ("seq2seq", "causal")
 
 
-def family_of(model_or_config: Any, separator: str = PROMPT_SEPARATOR):
-    """The family of a model (or its config): ``is_encoder_decoder`` decides (warm-started BERT pairs: seq2seq)."""
+def family_of(model_or_config: Any, separator: str = PROMPT_SEPARATOR, decoder_prefixes: tuple[str, ...] = ()):
+    """The family of a model (or its config): ``is_encoder_decoder`` decides (warm-started BERT pairs: seq2seq).
+    ``decoder_prefixes``: the task prefixes a shared-encoder seq2seq student reads in its decoder."""
     config = getattr(model_or_config, "config", model_or_config)
-    return Seq2SeqFamily() if getattr(config, "is_encoder_decoder", False) else CausalFamily(separator)
+    if getattr(config, "is_encoder_decoder", False):
+        return Seq2SeqFamily(decoder_prefixes)
+    if decoder_prefixes:
+        raise ValueError("shared_encoder needs an encoder-decoder student (seq2seq); this one is decoder-only")
+    return CausalFamily(separator)

@@ -112,7 +112,9 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
         max_target_length=meta.get("max_target_length", 256),
         label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales, bf16=bf16,
         rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")),
-        family=family_of(student.model, meta.get("prompt_separator") or PROMPT_SEPARATOR))
+        family=family_of(student.model, meta.get("prompt_separator") or PROMPT_SEPARATOR,
+                         decoder_prefixes=(meta["label_prefix"], meta["rationale_prefix"])
+                         if meta.get("shared_encoder") else ()))
     for record, row in zip(records, rows):
         row["input"] = record["input"]
     return rows

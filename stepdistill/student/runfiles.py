@@ -55,6 +55,7 @@ def student_meta(task, config: TrainConfig, family: str, separator: str, lora: d
         "label_prefix": config.label_prefix, "rationale_prefix": config.rationale_prefix,
         "max_input_length": config.max_input_length, "max_target_length": config.max_target_length,
         "label_max_new_tokens": config.label_max_new_tokens, "method": config.method,
+        "shared_encoder": config.shared_encoder,
     }
 
 

@@ -96,12 +96,19 @@ class StepByStepTrainer(Trainer):
             with self.batch_log.open("a") as f:
                 f.write(json.dumps({"step": self.state.global_step,
                                     "example_index": inputs["example_index"].tolist()}) + "\n")
-        label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
-                                                  inputs["labels"])
         two_tasks = self.step_config.method == "step-by-step"
-        rationale_sum = label_sum.new_zeros(())
-        rationale_tokens = label_tokens.new_zeros(())
-        if two_tasks and inputs["rationale_labels"].ne(-100).any():
+        if self.step_config.shared_encoder:
+            rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
+            (label_sum, label_tokens), (rationale_sum, rationale_tokens) = self.family.shared_loss_sums(
+                model, self.processing_class, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], rows,
+                inputs["rationale_labels"], self.step_config.label_prefix, self.step_config.rationale_prefix,
+                self.accelerator.unwrap_model(model))
+        else:
+            label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
+                                                      inputs["labels"])
+            rationale_sum = label_sum.new_zeros(())
+            rationale_tokens = label_tokens.new_zeros(())
+        if two_tasks and not self.step_config.shared_encoder and inputs["rationale_labels"].ne(-100).any():
             rationale_sum, rationale_tokens = self._task_loss(
                 model, inputs["rationale_input_ids"], inputs["rationale_attention_mask"], inputs["rationale_labels"])
         global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
@@ -277,7 +284,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
 
     set_seed(config.seed)
     model, tokenizer, base = _load_initial_student(config, train_records, run_dir, args)
-    family = family_of(model)
+    family = family_of(model, decoder_prefixes=(config.label_prefix, config.rationale_prefix)
+                       if config.shared_encoder else ())
     lora_info = None
     if config.lora:
         from .lora import apply_lora
@@ -329,6 +337,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "label_source": config.label_source,
         "model": config.model,
         "family": family.name,
+        "shared_encoder": config.shared_encoder,
         "lora_r": config.lora_r or None,
         "rank_normalization": rank_normalization,
         "alpha": config.alpha if config.method == "step-by-step" else 1.0,
