@@ -91,6 +91,7 @@ def write_report(task: str | Task, preset: Preset, out_dir: str | os.PathLike,
         "chance_test_accuracy": None,  # set below when the splits are given
         "convergence": convergence(results),
         "rationale_filters": rationale_filter_counts(results),
+        "rank_normalization": rank_normalization_comparison(results),
         "reference_accuracy": None,
     }
     ref = [r for r in rows if r["method"] == "standard-finetune"]
@@ -174,6 +175,24 @@ def rationale_filter_counts(results: list[dict]) -> dict[str, dict]:
     return {method: found[method] for method in METHODS if method in found}
 
 
+def rank_normalization_comparison(results: list[dict]) -> dict[str, Any] | None:
+    """Mean test accuracy over the runs that ranked candidates, under summed and per-token mean log-probability (each
+    run scores both from one pass), and the wins of each: the measurement that picks a task's default."""
+    runs = [r["test_accuracy_by_rank_normalization"] for r in results if r.get("test_accuracy_by_rank_normalization")]
+    if not runs:
+        return None
+    return {"runs": len(runs), "used": sorted({r["used"] for r in runs}),
+            "sum": sum(r["sum"] for r in runs) / len(runs), "mean": sum(r["mean"] for r in runs) / len(runs),
+            "mean_better": sum(r["mean"] > r["sum"] for r in runs), "sum_better": sum(r["sum"] > r["mean"] for r in runs)}
+
+
+def _rank_fact(entry: dict[str, Any]) -> str:
+    return (f"Candidate ranking ({entry['runs']} runs, scored with {' and '.join(entry['used'])}): mean test accuracy "
+            f"{entry['sum'] * 100:.2f}% by summed log-probability, {entry['mean'] * 100:.2f}% by per-token mean "
+            f"(`--rank-normalization mean`); the mean was better in {entry['mean_better']} runs, worse in "
+            f"{entry['sum_better']}.")
+
+
 def _filter_facts(filters: dict[str, dict]) -> list[str]:
     return [f"Rationale filters, {METHOD_TITLES[method]} ({entry['runs']} runs): of {entry['given']:,} rationales, "
             + ", ".join(f"`{name}` removed {n:,}" for name, n in entry["removed"].items())
@@ -250,6 +269,7 @@ def _summary_markdown(task: Task, preset: Preset, rows: list[dict], info: dict) 
         facts.insert(0, f"**Pre-training exposure:** {info['pretraining_exposure']}")
     facts += [_convergence_fact(method, entry) for method, entry in info.get("convergence", {}).items()]
     facts += _filter_facts(info.get("rationale_filters", {}))
+    facts += [_rank_fact(info["rank_normalization"])] if info.get("rank_normalization") else []
     facts.append(f"Runs finished: {info['runs_finished']}; sum of run wall times {info['sum_of_run_wall_s']:,.0f} s"
                  + (f"; this invocation {info['sweep_wall_s_this_invocation']:,.0f} s."
                     if info.get("sweep_wall_s_this_invocation") is not None else "."))

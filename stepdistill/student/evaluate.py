@@ -102,6 +102,27 @@ def evaluate_records(model, tokenizer, task: Task, records: list[dict[str, Any]]
     return sum(row["correct"] for row in predictions) / len(predictions), predictions
 
 
+def accuracy_by_rank_normalization(task: Task, records: list[dict[str, Any]], rows: list[dict[str, Any]], tokenizer,
+                                   normalization: str) -> dict[str, Any] | None:
+    """Accuracy of the ranked ``rows`` (``evaluate_records`` output) under both normalizations, from their one
+    scoring pass: a candidate's summed and per-token mean log-probability differ by its token count alone. None when
+    nothing was ranked."""
+    from .models import encode_targets
+
+    ranked = [(record, row) for record, row in zip(records, rows) if row.get("scores")]
+    if not ranked:
+        return None
+    candidates = sorted({c for _, row in ranked for c in row["scores"]})
+    lengths = {c: len(ids) for c, ids in zip(candidates, encode_targets(tokenizer, candidates))}
+    correct = {"sum": 0, "mean": 0}
+    for record, row in ranked:
+        summed = {c: s * lengths[c] if normalization == "mean" else s for c, s in row["scores"].items()}
+        for name, score in (("sum", summed), ("mean", {c: s / lengths[c] for c, s in summed.items()})):
+            best = max(score, key=score.get)
+            correct[name] += bool(task.is_correct(best, record["label"], record.get("fields")))
+    return {"ranked": len(ranked), "used": normalization, **{k: v / len(ranked) for k, v in correct.items()}}
+
+
 def rank_normalization_for(task: Task, configured: str | None) -> str:
     """The configured normalization, else the task's own (``rank_normalization`` attribute), else "sum"."""
     return configured or getattr(task, "rank_normalization", None) or "sum"

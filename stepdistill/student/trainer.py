@@ -266,7 +266,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
                   callbacks) -> dict[str, Any]:
     from transformers import set_seed
 
-    from .evaluate import rank_normalization_for
+    from .evaluate import accuracy_by_rank_normalization, rank_normalization_for
     from .families import family_of
     from .runfiles import config_record, peak_memory_mb, student_meta, write_json, write_jsonl, write_meta
 
@@ -360,6 +360,9 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
+        # the same scores under the other normalization too: the measurement for choosing a task's default
+        "test_accuracy_by_rank_normalization": accuracy_by_rank_normalization(
+            task, test_records, test_predictions, tokenizer, rank_normalization) if test_records else None,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds_during_training": round(trainer.eval_seconds, 2),
         "wall_seconds": round(wall_seconds, 2),

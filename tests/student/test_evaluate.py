@@ -54,3 +54,26 @@ def test_generation_reproduces_a_trained_rationale(trained_toy):
     assert all(text.endswith(" color") and " is a " in text for text in texts), texts
     exact = sum(text == r["rationale"] for text, r in zip(texts, records))
     assert exact >= 12, texts  # a tiny model after 80 steps: most trained rationales come back word for word
+
+
+def test_both_rank_normalizations_are_scored_from_one_pass(trained_toy):
+    from stepdistill.student.evaluate import accuracy_by_rank_normalization
+    from stepdistill.student.models import encode_targets
+    from stepdistill.tasks import SpecTask
+
+    run_dir, results = trained_toy
+    by_normalization = results["test_accuracy_by_rank_normalization"]
+    assert by_normalization["used"] == "sum" and by_normalization["sum"] == results["test_accuracy"]
+    assert by_normalization["ranked"] == 16
+    # a long and a short candidate, the short one right: summed log-probabilities pick it, per-token means the long one
+    _, tokenizer = load_student(run_dir / "model")
+    task = SpecTask({"name": "lengths", "input_template": "{text}", "labels": ["a", "a b c d e"]})
+    short, long = (len(ids) for ids in encode_targets(tokenizer, ["a", "a b c d e"]))
+    assert long > 2 * short
+    records = [{"label": "a", "fields": {}}, {"label": "a", "fields": {}}]
+    per_token = [{"a": -1.0, "a b c d e": -0.5}, {"a": -0.2, "a b c d e": -0.1}]
+    summed = [{"scores": {"a": m["a"] * short, "a b c d e": m["a b c d e"] * long}} for m in per_token]
+    assert accuracy_by_rank_normalization(task, records, summed, tokenizer, "sum") == {
+        "ranked": 2, "used": "sum", "sum": 1.0, "mean": 0.0}
+    assert accuracy_by_rank_normalization(task, records, [{"scores": m} for m in per_token], tokenizer, "mean") == {
+        "ranked": 2, "used": "mean", "sum": 1.0, "mean": 0.0}
