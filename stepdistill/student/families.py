@@ -84,8 +84,6 @@ class Seq2SeqFamily:
     def loss_sum(self, model, input_ids, attention_mask, labels, unwrapped=None):
         """(sum of target-token cross-entropies, target token count) of one right-padded batch. ``unwrapped``: the
         model without its DDP/FSDP wrapper (for ``prepare_decoder_input_ids_from_labels``)."""
-        import torch
-
         decoder_input_ids = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels=labels)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
         return self._target_loss(logits, labels)
