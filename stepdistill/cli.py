@@ -19,7 +19,7 @@ from jsonargparse import ArgumentParser
 
 
 def _commands() -> dict:
-    from .data import data_command
+    from .data_command import data_command
     from .experiments import curve_command
     from .experiments.experiment_file import run_command
     from .teacher.command import generate_command
