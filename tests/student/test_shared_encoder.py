@@ -109,6 +109,12 @@ def test_a_shared_encoder_student_predicts_what_its_trainer_scored(tmp_path):
     # (80 steps teach the form and the colour's class, not yet copying the word)
     assert all(row["rationale"].endswith(f" is a {r['label']} color") for row, r in zip(rows, records))
     assert not any(row["rationale"].startswith("[") for row in rows)
+    # an export (what `serve` loads) keeps the layout in its meta file and predicts the same
+    from stepdistill.serving.export import export_student, load_for_serving
+
+    exported = load_for_serving(export_student(tmp_path, tmp_path / "export", task=toy_task()), toy_task())
+    assert exported.meta["shared_encoder"] is True
+    assert predict(exported, [r["fields"] for r in records]) == predict(student, [r["fields"] for r in records])
 
 
 def test_a_decoder_only_student_cannot_share_an_encoder(tmp_path):
