@@ -230,9 +230,9 @@ def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, t
          valid_size: int = 200, test_size: int = 400, max_steps: int = 600, batch_size: int = 32,
          learning_rate: float = 3e-3, eval_steps: int = 150, alpha: float = 0.3, data_seed: int = 0,
          bf16: bool = False, workers: int = 2, threads: int = 1, progress_seconds: float = 30.0) -> dict:
-    """Train a tiny T5 on synthetic counting problems with standard fine-tuning and with distilling step-by-step,
-    over several seeds; print a table (mean ± 95% t-interval), the rationales the student writes, and save a plot.
-    Offline, CPU.
+    """Train a tiny T5 on counting problems by standard fine-tuning and by step-by-step, over several seeds.
+
+    Prints a table (mean ± 95% t-interval), checks the rationales the students write and saves a plot. Offline, CPU.
 
     Args:
         output_dir: Folder for the data, every run (results.json, predictions, model), demo.png, demo_summary.json.
