@@ -1,12 +1,12 @@
 """`stepdistill demo`: the whole method offline on a CPU, over several seeds.
 
-A seeded generator writes counting problems ("Kofi's bag holds a horse, a plum, a shovel and a sheep. How many tools
-are in Kofi's bag?") whose answer needs an intermediate step the label does not show (the kind of each thing), and,
-as a stand-in for an LLM teacher, teacher outputs in the paper's few-shot format that spell that step out ("horse is
-an animal, plum is a fruit, shovel is a tool, sheep is an animal; tools: 1. So the answer is 1."). Those outputs are
-replayed from a file through the normal data path, exactly like the released PaLM outputs for e-SNLI/ANLI. A tiny
-T5 is trained from scratch on the same problems with standard fine-tuning and with distilling step-by-step, once per
-seed; the demo reports mean ± 95% t-interval and checks the rationales the students write.
+A seeded generator writes counting problems ("pear, drum, hammer, harp: which kind is there most of?") whose answer
+(``instrument``) needs an intermediate step the label does not show: the kind of each thing, counted by kind. As a
+stand-in for an LLM teacher, teacher outputs in the paper's few-shot format spell that step out ("1 fruit, 1 tool,
+2 instruments. So the answer is instrument."). Those outputs are replayed from a file through the normal data path,
+exactly like the released PaLM outputs for e-SNLI/ANLI. A tiny T5 is trained from scratch on a few hundred problems
+with standard fine-tuning and with distilling step-by-step, once per seed; the demo reports mean ± 95% t-interval
+and checks the rationales the students write.
 """
 
 from __future__ import annotations
@@ -19,57 +19,62 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .arith import values_equal
 from .tasks import Task, TeacherParse, register_task
 
-NAMES = ("Anne", "Peter", "Thomas", "Maria", "Lena", "Omar", "Kofi", "Yuki", "Sofia", "Ivan", "Priya", "Mateo")
+# the order in which a rationale counts the kinds (one fixed order: the teacher's rationale is a function of the bag)
 KINDS = {
-    "fruit": ("apple", "pear", "plum", "grape", "lemon", "mango", "peach", "cherry", "melon", "banana", "kiwi", "lime"),
-    "tool": ("hammer", "saw", "drill", "wrench", "shovel", "rake", "chisel", "spade", "axe", "ruler", "file", "clamp"),
-    "animal": ("cat", "dog", "horse", "goat", "mouse", "tiger", "zebra", "camel", "sheep", "otter", "moose", "eagle"),
+    "fruit": ("apple", "pear", "plum", "grape", "lemon", "mango", "peach", "cherry"),
+    "tool": ("hammer", "saw", "drill", "wrench", "shovel", "rake", "chisel", "spade"),
+    "animal": ("cat", "dog", "horse", "goat", "mouse", "tiger", "zebra", "camel"),
+    "vehicle": ("car", "bus", "bike", "train", "truck", "boat", "van", "tram"),
+    "instrument": ("drum", "flute", "harp", "piano", "violin", "guitar", "trumpet", "cello"),
+    "garment": ("shirt", "hat", "sock", "coat", "scarf", "glove", "boot", "dress"),
 }
 KIND_OF = {thing: kind for kind, things in KINDS.items() for thing in things}
 THINGS = tuple(KIND_OF)
-BAG_SIZE = 4
+BAG_SIZE = 4  # two things of the most common kind, one each of two other kinds
+QUESTION = "which kind is there most of?"
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def _counted(n: int, kind: str) -> str:
+    return f"{n} {kind}" + ("" if n == 1 else "s")
+
+
+def kind_counts(things: list[str]) -> dict[str, int]:
+    """{kind: how many of ``things`` are of it}, the kinds present in the rationale's fixed order."""
+    return {kind: n for kind in KINDS if (n := sum(KIND_OF[t] == kind for t in things))}
 
 
 def make_problem(rng: random.Random) -> dict[str, Any]:
-    """One counting problem: what is in someone's bag, how many things of one kind it holds.
+    """One problem: four things, which kind there is most of.
 
-    The label (a count) does not show the intermediate step, the kind of each thing; the rationale spells it out:
-    "pear is a fruit, saw is a tool, dog is an animal, plum is a fruit; fruits: 2"."""
-    owner = rng.choice(NAMES)
-    things = rng.sample(THINGS, BAG_SIZE)
-    kind = rng.choice(tuple(KINDS))
-    listed = ", ".join(f"{_article(t)} {t}" for t in things[:-1]) + f" and {_article(things[-1])} {things[-1]}"
-    question = f"{owner}'s bag holds {listed}. How many {kind}s are in {owner}'s bag?"
-    count = sum(KIND_OF[t] == kind for t in things)
-    steps = ", ".join(f"{t} is {_article(KIND_OF[t])} {KIND_OF[t]}" for t in things)
-    return {"question": question, "rationale": f"{steps}; {kind}s: {count}", "answer": str(count)}
+    The label (a kind) does not show the intermediate step, the kind of each thing; the rationale spells it out as
+    counts: "pear, drum, hammer, harp" -> "1 fruit, 1 tool, 2 instruments", answer "instrument"."""
+    most, *others = rng.sample(tuple(KINDS), BAG_SIZE - 1)
+    things = rng.sample(KINDS[most], 2) + [rng.choice(KINDS[kind]) for kind in others]
+    rng.shuffle(things)
+    rationale = ", ".join(_counted(n, kind) for kind, n in kind_counts(things).items())
+    return {"question": f"{', '.join(things)}: {QUESTION}", "rationale": rationale, "answer": most}
 
 
-_STEP = re.compile(r"^(?P<thing>[a-z]+) is an? (?P<kind>[a-z]+)$")
-_RATIONALE = re.compile(r"^(?P<steps>.+); (?P<kind>[a-z]+)s: (?P<count>\d+)$")
+_COUNT = re.compile(r"^(?P<n>\d) (?P<kind>[a-z]+)$")
+_PLURALS = {**{kind: kind for kind in KINDS}, **{kind + "s": kind for kind in KINDS}}
 
 
 def check_rationale(text: str | None, question: str) -> str:
-    """How a generated rationale holds up against its problem: "malformed" (not of the demo's form), "wrong_facts"
-    (other things than the bag's, in another order, or a thing given the wrong kind), "wrong_count" (true facts but
-    a wrong count or kind counted) or "correct" (what the teacher writes)."""
-    match = _RATIONALE.match((text or "").strip())
-    steps = [_STEP.match(step.strip()) for step in match["steps"].split(",")] if match else []
-    if not match or not all(steps):
+    """How a generated rationale holds up against its problem: "malformed" (not a list of "<n> <kind>" counts, or
+    a kind twice), "wrong_count" (well-formed, but not how many things of each kind the bag holds) or "correct"
+    (every kind in the bag counted right, none added; the order of the counts is not checked)."""
+    parts = [_COUNT.match(part.strip()) for part in (text or "").split(",")]
+    if not all(parts) or any(m["kind"] not in _PLURALS for m in parts):
         return "malformed"
-    things = re.findall(r"\ban? ([a-z]+)", question.split(". How many")[0])
-    asked = re.search(r"How many ([a-z]+)s are in", question)
-    if [s["thing"] for s in steps] != things or any(KIND_OF.get(s["thing"]) != s["kind"] for s in steps):
-        return "wrong_facts"
-    right = asked and match["kind"] == asked[1] and int(match["count"]) == sum(s["kind"] == asked[1] for s in steps)
-    return "correct" if right else "wrong_count"
+    written = [(_PLURALS[m["kind"]], int(m["n"])) for m in parts]
+    if len({kind for kind, _ in written}) != len(written):
+        return "malformed"
+    things = [t.strip() for t in question.split(":")[0].split(",")]
+    if any(t not in KIND_OF for t in things):
+        raise ValueError(f"not a demo problem: {question!r}")
+    return "correct" if dict(written) == kind_counts(things) else "wrong_count"
 
 
 def make_dataset(sizes: dict[str, int], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
@@ -96,23 +101,16 @@ def teacher_output(problem: dict[str, Any]) -> str:
 
 @register_task
 class ArithDemo(Task):
-    """The demo's synthetic counting problems. The label is a number, generated and compared by value."""
+    """The demo's synthetic counting problems. The label is one of the kinds, ranked like an NLI label."""
 
     name = "arith-demo"
+    labels = tuple(KINDS)
     input_fields = ("question",)
     label_field = "answer"
-    free_form = True
     full_split_sizes: dict[str, int] = {}
 
     def format_input(self, example):
         return example["question"].strip()
-
-    def canonical_label(self, text, example=None):
-        text = text.strip()
-        return text if text.lstrip("-").isdigit() else None
-
-    def is_correct(self, prediction, gold, example=None):
-        return values_equal(prediction, gold)
 
     def parse_teacher(self, output, example=None):
         head, sep, tail = output.partition("So the answer is")
@@ -223,27 +221,31 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 METHODS = {"standard fine-tuning": "standard", "distilling step-by-step": "step-by-step"}
+# smaller than the tiny student's default T5 (d_model 128, 3+3 layers): 600 steps of 32 fit in about a minute per
+# run on one core, and with 300 steps of 16 the default model learned nothing but the most frequent answer
+DEMO_MODEL = dict(d_model=64, d_kv=16, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4)
 
 
-def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, train_size: int = 2000,
-         valid_size: int = 200, test_size: int = 300, max_steps: int = 300, batch_size: int = 16,
-         learning_rate: float = 2e-3, eval_steps: int = 100, alpha: float = 0.5, data_seed: int = 0,
+def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, train_size: int = 300,
+         valid_size: int = 200, test_size: int = 400, max_steps: int = 600, batch_size: int = 32,
+         learning_rate: float = 3e-3, eval_steps: int = 150, alpha: float = 0.3, data_seed: int = 0,
          bf16: bool = False, workers: int = 2, threads: int = 1, progress_seconds: float = 30.0) -> dict:
-    """Train a tiny T5 on synthetic word problems with standard fine-tuning and with distilling step-by-step, over
-    several seeds; print a table (mean ± 95% t-interval), the rationales the student writes, and save a plot.
-    Offline, CPU.
+    """Train a tiny T5 on counting problems by standard fine-tuning and by step-by-step, over several seeds.
+
+    Prints a table (mean ± 95% t-interval), checks the rationales the students write and saves a plot. Offline, CPU.
 
     Args:
         output_dir: Folder for the data, every run (results.json, predictions, model), demo.png, demo_summary.json.
         seeds: Training seeds (model init, data order); every method runs once per seed. Default [0, 1, 2].
-        train_size: Training problems (every run uses all of them).
+        train_size: Training problems (every run uses all of them; few, as in the paper's low-data regime).
         valid_size: Validation problems (checkpoint selection).
         test_size: Test problems (scored once, on the selected checkpoint).
         max_steps: Optimizer steps per run.
         batch_size: Global batch size.
         learning_rate: AdamW learning rate (the tiny model starts from random weights).
         eval_steps: Validation accuracy every this many steps.
-        alpha: Weight of the label loss in step-by-step (1 - alpha for the rationale loss).
+        alpha: Weight of the label loss in step-by-step (1 - alpha for the rationale loss; the paper's 0.5
+            gave a smaller gain here).
         data_seed: Seed of the problem generator.
         bf16: bf16 autocast (CPUs with AVX-512 bf16 / AMX, or a GPU).
         workers: Runs trained at once, each in its own process (2 for 2 cores).
@@ -276,11 +278,11 @@ def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, t
     jobs = []
     for seed in seeds:
         for name, method in METHODS.items():
-            config = TrainConfig(model="tiny", method=method, label_source="gold", alpha=alpha, max_steps=max_steps,
-                                 batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="linear",
-                                 warmup_steps=max_steps // 20, eval_steps=eval_steps, seed=seed, bf16=bf16,
-                                 max_input_length=96, max_target_length=32, label_max_new_tokens=6,
-                                 eval_batch_size=128, logging_steps=max(1, eval_steps // 4),
+            config = TrainConfig(model="tiny", tiny_overrides=DEMO_MODEL, method=method, label_source="gold",
+                                 alpha=alpha, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                                 lr_scheduler_type="linear", warmup_steps=max_steps // 20, eval_steps=eval_steps,
+                                 seed=seed, bf16=bf16, max_input_length=64, max_target_length=48,
+                                 eval_batch_size=200, logging_steps=max(1, eval_steps // 4),
                                  generate_rationales=method == "step-by-step")  # checked and shown below
             jobs.append({"name": name, "method": method, "config": config, "train": train, "valid": valid,
                          "test": test, "run_dir": str(out / method / f"seed-{seed}"), "data_seed": data_seed,
@@ -303,7 +305,7 @@ def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, t
     print("\n" + _table(results, seeds))
     rationale_report = _rationales(out, seeds, test)
     elapsed = time.perf_counter() - started
-    print(f"\n{len(test)} test problems per run; accuracy = the generated answer's exact value; interval = 95% "
+    print(f"\n{len(test)} test problems per run; accuracy = the kind ranked first is the gold one; interval = 95% "
           f"Student-t over {len(seeds)} seeds. Plot: {out / 'demo.png'}. Total {elapsed:.0f} s.")
     summary = {"results": results, "rationales": rationale_report, "seconds": round(elapsed, 1),
                "plot": str(out / "demo.png")}
@@ -336,28 +338,27 @@ def _table(results: dict[str, list[dict]], seeds: list[int]) -> str:
 
 def _rationales(out: Path, seeds: list[int], test: list[dict]) -> dict[str, int]:
     """Check every rationale the step-by-step students generated for test against its problem, and print a few only
-    if their facts are true: the others are counted, never shown as if they were rationales."""
+    if they are true: the others are counted, never shown as if they were rationales."""
     from collections import Counter
 
-    counts: Counter = Counter()
+    counts: Counter = Counter({"correct": 0, "wrong_count": 0, "malformed": 0})
     shown = []
     for seed in seeds:
         rows = _read_jsonl(out / "step-by-step" / f"seed-{seed}" / "predictions_test.jsonl")
         for record, row in zip(test, rows):
             verdict = check_rationale(row.get("rationale"), record["fields"]["question"])
             counts[verdict] += 1
-            if verdict in ("correct", "wrong_count") and len(shown) < 3:
-                shown.append((record, row, verdict))
+            if verdict == "correct" and len(shown) < 3:
+                shown.append((record, row))
     total = sum(counts.values())
     well_formed = total - counts["malformed"]
     print(f"\nrationales the step-by-step students wrote for test ({total} over {len(seeds)} seeds): "
-          f"{well_formed} well-formed: {counts['correct']} the teacher's exactly, {counts['wrong_count']} with true "
-          f"facts but a wrong count, {counts['wrong_facts']} with a wrong fact; {counts['malformed']} malformed")
+          f"{well_formed} well-formed: {counts['correct']} correct (every kind counted right), "
+          f"{counts['wrong_count']} with a wrong count; {counts['malformed']} malformed")
     if not shown:
-        print("the students cannot write rationales yet (none with true facts); train longer (--max-steps) to see "
-              "some")
-    for record, row, verdict in shown:
-        print(f"  {record['input']}\n    rationale: {row['rationale']} ({verdict.replace('_', ' ')}); "
+        print("the students cannot write rationales yet (none correct); train longer (--max-steps) to see some")
+    for record, row in shown:
+        print(f"  {record['input']}\n    rationale: {row['rationale']} (correct); "
               f"answer {row['prediction']} (gold {record['label']})")
     return {"total": total, "well_formed": well_formed, **counts}
 
