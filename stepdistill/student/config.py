@@ -50,7 +50,7 @@ class TrainConfig:
     # long multi-token answers); None = the task's rank_normalization, else "sum"
     rank_normalization: str | None = None
     # seq2seq students: the task prefix goes to the decoder (forced tokens, no loss) and the encoder reads the bare
-    # input, so step-by-step runs the encoder once per batch for both tasks (no length chunks); a different model
+    # input, so step-by-step runs the encoder once per batch for both tasks; a different model
     # from the paper's two-pass method: compare both (experiments/bench_trainer.py)
     shared_encoder: bool = False
     lora_r: int | None = None  # LoRA rank (peft adapters on the student); None or 0 = full fine-tuning

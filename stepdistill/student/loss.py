@@ -38,6 +38,35 @@ def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int
     return total, count
 
 
+def shared_encoder_loss_sums(family, model, tokenizer, input_ids, attention_mask, labels, rationale_rows,
+                             rationale_labels, prefixes: tuple[str, str], chunks: int = 1, unwrapped=None):
+    """((label sum, tokens), (rationale sum, tokens)) with one encoder pass per chunk for both tasks
+    (``family.shared_loss_sums``), the rows in at most ``chunks`` length-sorted chunks as in :func:`token_loss_sum`.
+    ``rationale_rows``: the batch rows that ``rationale_labels`` belong to, in order."""
+    import torch
+
+    input_lengths = attention_mask.sum(1)
+    label_lengths = labels.ne(-100).sum(1)
+    rationale_lengths = rationale_labels.ne(-100).sum(1)
+    rationale_of = {row: j for j, row in enumerate(rationale_rows.tolist())}
+    targets = [int(label_lengths[b]) + (int(rationale_lengths[rationale_of[b]]) if b in rationale_of else 0)
+               for b in range(len(input_ids))]
+    groups = length_sorted_chunks(input_lengths.tolist(), targets, chunks) if chunks > 1 else []
+    sums = None
+    for rows in groups if len(groups) > 1 else [list(range(len(input_ids)))]:
+        index = torch.tensor(rows, device=input_ids.device)
+        mine = [(position, rationale_of[b]) for position, b in enumerate(rows) if b in rationale_of]
+        positions = torch.tensor([p for p, _ in mine], dtype=torch.long, device=input_ids.device)
+        which = torch.tensor([j for _, j in mine], dtype=torch.long, device=input_ids.device)
+        width = max(1, int(input_lengths[index].max()))
+        rationale_width = max(1, int(rationale_lengths[which].max())) if mine else 1
+        chunk = family.shared_loss_sums(model, tokenizer, input_ids[index, :width], attention_mask[index, :width],
+                                        labels[index, :max(1, int(label_lengths[index].max()))], positions,
+                                        rationale_labels[which, :rationale_width], *prefixes, unwrapped)
+        sums = chunk if sums is None else tuple((a[0] + b[0], a[1] + b[1]) for a, b in zip(sums, chunk))
+    return sums
+
+
 def step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale, alpha: float, two_tasks: bool):
     """(loss, label_loss, rationale_loss) from the summed cross-entropies and the token counts to divide by."""
     label_loss, rationale_loss = label_sum / n_label, rationale_sum / n_rationale

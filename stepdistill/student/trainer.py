@@ -29,7 +29,7 @@ from ..tasks import Task, get_task
 from .collate import GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks, length_sorted_chunks  # noqa: F401
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
-from .loss import step_by_step_loss, token_loss_sum
+from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
 
 def world_size() -> int:
@@ -99,9 +99,10 @@ class StepByStepTrainer(Trainer):
         two_tasks = self.step_config.method == "step-by-step"
         if self.step_config.shared_encoder:
             rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
-            (label_sum, label_tokens), (rationale_sum, rationale_tokens) = self.family.shared_loss_sums(
-                model, self.processing_class, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], rows,
-                inputs["rationale_labels"], self.step_config.label_prefix, self.step_config.rationale_prefix,
+            (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(
+                self.family, model, self.processing_class, inputs["input_ids"], inputs["attention_mask"],
+                inputs["labels"], rows, inputs["rationale_labels"],
+                (self.step_config.label_prefix, self.step_config.rationale_prefix), self.length_chunks,
                 self.accelerator.unwrap_model(model))
         else:
             label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],

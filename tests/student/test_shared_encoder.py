@@ -122,3 +122,37 @@ def test_a_decoder_only_student_cannot_share_an_encoder(tmp_path):
     with pytest.raises(ValueError, match="shared_encoder needs an encoder-decoder student"):
         run_training(toy_task(), toy_records(), toy_records()[:2], [], config, tmp_path)
     assert family_of(type("C", (), {"is_encoder_decoder": True})(), decoder_prefixes=PREFIXES).decoder_prefixes == PREFIXES
+
+
+def test_length_chunks_of_a_shared_encoder_batch_give_the_one_batch_sums_and_gradients(tmp_path):
+    from stepdistill.student.collate import MultiTaskCollator, length_sorted_chunks
+    from stepdistill.student.loss import shared_encoder_loss_sums
+    from stepdistill.student.models import build_tiny_student, load_student
+
+    from student_toy import VARIED
+
+    texts = [t for pair in VARIED for t in pair] + list(PREFIXES)
+    model, tokenizer = load_student(build_tiny_student(texts, tmp_path / "tiny", seed=0))
+    model.eval()
+    inputs, targets = [i for i, _ in VARIED], [t for _, t in VARIED]
+    ids, labels = tokenizer(inputs)["input_ids"], encode_targets(tokenizer, targets)
+    rationales = encode_targets(tokenizer, [t + " because " + i for i, t in VARIED])
+    features = [{"input_ids": i, "labels": t, "rationale_input_ids": [], "example_index": n,
+                 "rationale_labels": r if n % 3 else []} for n, (i, t, r) in enumerate(zip(ids, labels, rationales))]
+    batch = MultiTaskCollator(tokenizer.pad_token_id)(features)
+    assert batch["rationale_rows"].tolist() == [n for n in range(len(features)) if n % 3]
+    assert len(length_sorted_chunks(batch["attention_mask"].sum(1).tolist(), [len(t) for t in labels], 3)) >= 2
+    family = Seq2SeqFamily(PREFIXES)
+    results = []
+    for chunks in (1, 3):
+        model.zero_grad()
+        (label_sum, label_n), (rationale_sum, rationale_n) = shared_encoder_loss_sums(
+            family, model, tokenizer, batch["input_ids"], batch["attention_mask"], batch["labels"],
+            batch["rationale_rows"], batch["rationale_labels"], PREFIXES, chunks)
+        (label_sum + rationale_sum).backward()
+        results.append((label_sum.item(), label_n.item(), rationale_sum.item(), rationale_n.item(),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    one, chunked = results
+    assert one[0] > 10 and one[2] > 10  # real losses of an untrained model
+    assert chunked[:4] == pytest.approx(one[:4], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one[4], chunked[4]))
