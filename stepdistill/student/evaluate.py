@@ -124,5 +124,5 @@ def accuracy_by_rank_normalization(task: Task, records: list[dict[str, Any]], ro
 
 
 def rank_normalization_for(task: Task, configured: str | None) -> str:
-    """The configured normalization, else the task's own (``rank_normalization`` attribute), else "sum"."""
-    return configured or getattr(task, "rank_normalization", None) or "sum"
+    """The configured normalization, else the task's own (``Task.rank_normalization``)."""
+    return configured or task.rank_normalization

@@ -53,15 +53,16 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     from .families import Seq2SeqFamily
 
     family = family or Seq2SeqFamily()
-    # a shared encoder reads the bare input for both tasks (the prefixes go to the decoder, in the loss)
-    label_prefix, rationale_prefix = ("", "") if config.shared_encoder else (config.label_prefix,
-                                                                             config.rationale_prefix)
+    # a shared encoder reads the bare input for both tasks (the prefixes go to the decoder, in the loss), and the
+    # label task's input row is the rationale task's too: its rationale prompts are left empty
+    shared = config.shared_encoder
+    label_prefix = "" if shared else config.label_prefix
     with_rationale = [i for i, example in enumerate(examples) if example["rationale"] is not None]
     rationale_inputs, rationale_targets = family.training_rows(
-        tokenizer, [rationale_prefix + examples[i]["input"] for i in with_rationale],
+        tokenizer, ["" if shared else config.rationale_prefix + examples[i]["input"] for i in with_rationale],
         [examples[i]["rationale"] for i in with_rationale], config.max_input_length, config.max_target_length)
-    if config.shared_encoder:
-        rationale_inputs = [[] for _ in rationale_inputs]  # the label task's input row is the rationale's too
+    if shared:
+        rationale_inputs = [[] for _ in rationale_inputs]
     rationale_input_ids: list[list[int]] = [[] for _ in examples]
     rationale_labels: list[list[int]] = [[] for _ in examples]
     for i, inp, tgt in zip(with_rationale, rationale_inputs, rationale_targets):

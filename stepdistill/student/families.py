@@ -51,6 +51,7 @@ class Seq2SeqFamily:
 
     def __init__(self, decoder_prefixes: tuple[str, ...] = ()):
         self.decoder_prefixes = tuple(decoder_prefixes)
+        self._prefix_ids: dict[tuple[int, str], list[int]] = {}  # tokenised once, not at every training step
 
     def split_prompt(self, prompt: str) -> tuple[str, str]:
         """(encoder text, decoder prefix): the prompt's task prefix moves to the decoder with ``decoder_prefixes``."""
@@ -61,7 +62,12 @@ class Seq2SeqFamily:
 
     def prefix_ids(self, tokenizer, prefix: str) -> list[int]:
         """The decoder's forced tokens for a task prefix (no eos)."""
-        return tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"] if prefix else []
+        if not prefix:
+            return []
+        key = (id(tokenizer), prefix)
+        if key not in self._prefix_ids:
+            self._prefix_ids[key] = tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"]
+        return self._prefix_ids[key]
 
     def _decoder_inputs(self, model, labels, prefix: list[int]):
         """(decoder input ids, number of forced positions before the targets): the targets shifted right, after the

@@ -107,11 +107,11 @@ class StepByStepTrainer(Trainer):
         else:
             label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
                                                       inputs["labels"])
-            rationale_sum = label_sum.new_zeros(())
-            rationale_tokens = label_tokens.new_zeros(())
-        if two_tasks and not self.step_config.shared_encoder and inputs["rationale_labels"].ne(-100).any():
-            rationale_sum, rationale_tokens = self._task_loss(
-                model, inputs["rationale_input_ids"], inputs["rationale_attention_mask"], inputs["rationale_labels"])
+            rationale_sum, rationale_tokens = label_sum.new_zeros(()), label_tokens.new_zeros(())
+            if two_tasks and inputs["rationale_labels"].ne(-100).any():
+                rationale_sum, rationale_tokens = self._task_loss(
+                    model, inputs["rationale_input_ids"], inputs["rationale_attention_mask"],
+                    inputs["rationale_labels"])
         global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
             and num_items_in_batch.numel() == 2
         if global_counts:  # training: normalise by the global batch's token counts
