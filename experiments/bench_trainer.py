@@ -13,7 +13,9 @@ same seed: the same examples in every batch), run as:
   - "ours shared": `shared_encoder=True`, one encoder pass per batch for both tasks (the task prefix goes to the
     decoder): a different model, so its accuracy is compared over seeds (skip with --no-shared);
   - with --one-chunk "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks do;
-  - with --grouped "ours grouped": length-grouped global batches (a different data order).
+  - with --grouped "ours grouped": length-grouped global batches (a different data order);
+  - with --micro-batch N every "ours" side trains in micro-batches of N rows with gradient accumulation up to the
+    global batch (``per_device_batch_size``): the same update, a quarter of the activations at N = batch / 4.
 The reference also holds every teacher output of the train split in memory, as the released code does (549,367
 strings for e-SNLI); ours parses only the lines of the examples it trains on. Every side runs once per --seeds seed.
 
@@ -25,6 +27,7 @@ machine); ours also
 saves a checkpoint at every evaluation and reloads the best one at the end, the reference saves nothing.
 
     python experiments/bench_trainer.py --batch-size 64 --valid 2000 --seeds 0 1 2   # e-SNLI, 3 seeds, 2 threads
+    python experiments/bench_trainer.py --batch-size 64 --valid 2000 --test 1000 --seeds 0 1 2 --micro-batch 16
     python experiments/bench_trainer.py --threads 1 --valid 9842   # e-SNLI, the whole valid split, like the reference
     python experiments/bench_trainer.py --task arith-demo   # synthetic data, no shared data needed
 """
@@ -182,13 +185,16 @@ def run_ours(args, train, valid, test, init) -> dict:
                          bf16=args.bf16, max_input_length=args.max_input_length,
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
                          logging_steps=args.eval_steps, group_by_length=args.group_by_length,
-                         length_chunks=args.length_chunks, shared_encoder=args.shared_encoder)
+                         length_chunks=args.length_chunks, shared_encoder=args.shared_encoder,
+                         per_device_batch_size=args.micro_batch, gradient_checkpointing=args.checkpointing)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
 
     run_dir = Path(args.work_dir) / (f"ours{'-grouped' if args.group_by_length else ''}{'-bf16' if args.bf16 else ''}"
                                      f"{'-shared' if args.shared_encoder else ''}"
                                      f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}"
+                                     f"{'' if args.micro_batch is None else f'-mb{args.micro_batch}'}"
+                                     f"{'-ckpt' if args.checkpointing else ''}"
                                      f"-seed{args.seed}")
     results = run_training(args.task, train, valid, [], config, run_dir)
     curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
@@ -265,6 +271,10 @@ def main() -> None:
     parser.add_argument("--shared-encoder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--length-chunks", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group-by-length", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="ours: per_device_batch_size (gradient accumulation up to --batch-size: same update, "
+                             "less activation memory)")
+    parser.add_argument("--checkpointing", action="store_true", help="ours: gradient_checkpointing")
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -313,7 +323,9 @@ def print_tables(args, results: dict[str, list[dict]]) -> None:
     print(f"\ntask {args.task}: {first['train_examples']} train / {first['valid_examples']} valid / "
           f"{first['test_examples']} test examples, {args.steps} steps, global batch {args.batch_size}, eval every "
           f"{args.eval_steps} steps, {args.threads} threads, tiny T5 d_model {args.d_model}, {args.layers}+"
-          f"{args.layers} layers (same initial weights); seeds {', '.join(map(str, args.seeds))}: mean ± sd")
+          f"{args.layers} layers (same initial weights); seeds {', '.join(map(str, args.seeds))}: mean ± sd"
+          + (f"; ours in micro-batches of {args.micro_batch}" if args.micro_batch else "")
+          + ("; ours with gradient checkpointing" if args.checkpointing else ""))
     score = "rank" if first["test"]["rank"] is not None else "generate_string_match"
     header = (f"{'trainer':<14}{'train+eval s':>15}{'speed-up':>10}{'CPU s':>15}{'CPU speed-up':>14}"
               f"{'peak RSS MB':>14}{'valid (best) %':>16}{'test % (' + score.split('_')[0] + ')':>16}")

@@ -1,5 +1,6 @@
 """The step-by-step loss: alpha * label token mean + (1 - alpha) * rationale token mean over the global batch."""
 
+import pytest
 import torch
 
 from stepdistill.student.trainer import TrainConfig, read_log, run_training
@@ -91,3 +92,31 @@ def test_length_sorted_chunks_split_only_where_padding_is_saved():
     # a long tail: the chunk with the largest saving is split first, up to the cap
     chunks = length_sorted_chunks([100, 50, 25, 12, 6, 3, 2, 1], [1] * 8, 3)
     assert chunks == [[0, 1], [2, 3], [4, 5, 6, 7]]  # 37% saved there against 29% in the short half
+
+
+@pytest.mark.parametrize("shared_encoder", [False, True], ids=["two-pass", "shared-encoder"])
+def test_micro_batches_give_the_one_batch_losses_and_weights(tmp_path, shared_encoder):
+    """per_device_batch_size (the memory knob: activations of 4 rows at a time, gradients accumulated) trains the
+    same model as one batch of 16."""
+    from stepdistill.student.models import load_student
+
+    records = toy_records(without_rationale=(3, 10))
+    trained = {}
+    for cap in (None, 4):
+        config = TrainConfig(model="tiny", method="step-by-step", alpha=0.4, max_steps=3, batch_size=16,
+                             per_device_batch_size=cap, learning_rate=3e-3, eval_steps=3, logging_steps=1,
+                             max_target_length=16, shared_encoder=shared_encoder)
+        run_dir = tmp_path / f"cap-{cap}"
+        results = run_training(toy_task(), records, records[:4], [], config, run_dir)
+        assert results["gradient_accumulation_steps"] == (1 if cap is None else 4)
+        losses = [(row["loss"], row["label_loss"], row["rationale_loss"]) for row in read_log(run_dir) if "loss" in row]
+        trained[cap] = losses, load_student(run_dir / "model")[0].state_dict()
+    (one_losses, one_weights), (micro_losses, micro_weights) = trained[None], trained[4]
+    assert len(one_losses) == 3 and one_losses[0][0] > 1.0  # an untrained model's real loss
+    # the total loss is that of the global batch; the logged task losses are micro-batch means, averaged
+    assert [row[0] for row in micro_losses] == pytest.approx([row[0] for row in one_losses], rel=1e-5)
+    initial = load_student(tmp_path / "cap-None" / "student-init")[0].state_dict()
+    moved = torch.cat([(one_weights[n] - initial[n]).flatten() for n in one_weights]).norm()
+    apart = torch.cat([(micro_weights[n] - one_weights[n]).flatten() for n in one_weights]).norm()
+    # float summation order differs, nothing else: the two models are far closer than training moved them
+    assert moved > 0.1 and apart < 1e-4 * moved, (float(moved), float(apart))
