@@ -29,7 +29,7 @@ saves a checkpoint at every evaluation and reloads the best one at the end, the 
     python experiments/bench_trainer.py --batch-size 64 --valid 2000 --seeds 0 1 2   # e-SNLI, 3 seeds, 2 threads
     python experiments/bench_trainer.py --batch-size 64 --valid 2000 --test 1000 --seeds 0 1 2 --micro-batch 16
     python experiments/bench_trainer.py --threads 1 --valid 9842   # e-SNLI, the whole valid split, like the reference
-    python experiments/bench_trainer.py --task arith-demo   # synthetic data, no shared data needed
+    python experiments/bench_trainer.py --task kinds-demo   # synthetic data, no shared data needed
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def load_records(args) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, valid, test) records (train with usable rationales), identical for both workers."""
     from stepdistill.student.trainer import usable_rationale
 
-    if args.task == "arith-demo":
+    if args.task == "kinds-demo":
         from stepdistill.demo import demo_records
 
         splits = demo_records(Path(args.work_dir) / "demo-data",
@@ -232,9 +232,9 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.task == "arith-demo":
+    if args.task == "kinds-demo":
         import stepdistill.demo  # noqa: F401  (registers the task)
-    held = released_code_teacher_outputs(args) if args.worker == "reference" and args.task != "arith-demo" else []
+    held = released_code_teacher_outputs(args) if args.worker == "reference" and args.task != "kinds-demo" else []
     train, valid, test = load_records(args)
     init = build_init(args, train)
     out = (run_reference if args.worker == "reference" else run_ours)(args, train, valid, test, init)

@@ -100,10 +100,10 @@ def teacher_output(problem: dict[str, Any]) -> str:
 
 
 @register_task
-class ArithDemo(Task):
+class KindsDemo(Task):
     """The demo's synthetic counting problems. The label is one of the kinds, ranked like an NLI label."""
 
-    name = "arith-demo"
+    name = "kinds-demo"
     labels = tuple(KINDS)
     input_fields = ("question",)
     label_field = "answer"
@@ -120,11 +120,11 @@ class ArithDemo(Task):
 
 
 def write_demo_data(data_dir: str | Path, teacher_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> None:
-    """Examples (``data_dir/arith-demo/{split}.jsonl``, the local data layout) and the recorded teacher outputs
-    (``teacher_dir/arith-demo/palm_{split}.jsonl``, the replay teacher's layout)."""
+    """Examples (``data_dir/kinds-demo/{split}.jsonl``, the local data layout) and the recorded teacher outputs
+    (``teacher_dir/kinds-demo/palm_{split}.jsonl``, the replay teacher's layout)."""
     import jsonlines
 
-    examples, recordings = Path(data_dir) / ArithDemo.name, Path(teacher_dir) / ArithDemo.name
+    examples, recordings = Path(data_dir) / KindsDemo.name, Path(teacher_dir) / KindsDemo.name
     examples.mkdir(parents=True, exist_ok=True)
     recordings.mkdir(parents=True, exist_ok=True)
     for split, rows in make_dataset(sizes, seed).items():
@@ -141,11 +141,11 @@ def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> d
 
     out_dir = Path(out_dir)
     write_demo_data(out_dir / "data", out_dir / "teacher", sizes, seed)
-    splits = dict(load_task_data(ArithDemo.name, data_dir=out_dir / "data", source="local").splits)
+    splits = dict(load_task_data(KindsDemo.name, data_dir=out_dir / "data", source="local").splits)
     cache = out_dir / "rationales_train.jsonl"
     cache.unlink(missing_ok=True)
-    teacher = ReplayTeacher(out_dir / "teacher", ArithDemo.name, "train")
-    RationaleGenerator(ArithDemo.name, teacher, cache, progress=False).run(splits["train"])
+    teacher = ReplayTeacher(out_dir / "teacher", KindsDemo.name, "train")
+    RationaleGenerator(KindsDemo.name, teacher, cache, progress=False).run(splits["train"])
     splits["train"] = attach_rationales(splits["train"], load_rationales(cache))
     return splits
 
@@ -170,7 +170,7 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
     progress = ProgressCallback(every_seconds=job["progress_seconds"], stream=sys.stderr,
                                 prefix=f"  [{job['method']} seed {job['config'].seed}] ", bar=job["bar"])
     with open(run_dir / "train_output.log", "w") as log, contextlib.redirect_stdout(log):
-        result = run_training(ArithDemo.name, job["train"], job["valid"], job["test"], job["config"], run_dir,
+        result = run_training(KindsDemo.name, job["train"], job["valid"], job["test"], job["config"], run_dir,
                               extra={"data_seed": job["data_seed"], "fraction": 1.0}, callbacks=[progress])
     logged = [row for row in read_log(run_dir) if "loss" in row]
     result["final_losses"] = {key: logged[-1][key] for key in ("loss", "label_loss", "rationale_loss")
@@ -368,3 +368,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
     with jsonlines.open(path) as reader:
         return list(reader)
+
+
+ArithDemo = KindsDemo  # the name that run folders written before the rename (task "arith-demo") refer to

@@ -18,7 +18,7 @@ class DataOptions:
     """Where a task's examples and teacher outputs come from.
 
     Attributes:
-        task: Required where data is loaded. Registered task name (esnli, anli1, cqa, svamp, arith-demo), a task spec .json or file.py:Class.
+        task: Required where data is loaded. Registered task name (esnli, anli1, cqa, svamp, kinds-demo), a task spec .json or file.py:Class.
         data_dir: Data folder (sources local/official). Default: $STEPDISTILL_DATA_DIR, else ../shared/data.
         source: local (../shared/data layout), official (distilling-step-by-step datasets/), hub
             (datasets.load_dataset), jsonl or csv (your own files, see --files).

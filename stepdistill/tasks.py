@@ -351,7 +351,7 @@ def _from_reference(reference: dict[str, Any]) -> Task:
 
 
 # tasks that ship with stepdistill but live with their code (a name here, so that no module is imported early)
-_BUNDLED_ELSEWHERE = {"arith-demo": "stepdistill.demo"}
+_BUNDLED_ELSEWHERE = {"kinds-demo": "stepdistill.demo"}
 
 
 def get_task(name: str | Task | dict[str, Any]) -> Task:

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from stepdistill.demo import (KIND_OF, KINDS, ArithDemo, check_rationale, demo, demo_records, kind_counts,
+from stepdistill.demo import (KIND_OF, KINDS, KindsDemo, check_rationale, demo, demo_records, kind_counts,
                               make_dataset, make_problem, mean_interval, teacher_output)
 from stepdistill.tasks import get_task
 
@@ -44,11 +44,11 @@ def test_teacher_output_parses_back():
     rationale = "1 fruit, 1 tool, 2 instruments"
     text = teacher_output({"rationale": rationale, "answer": "instrument"})
     assert text == f"{rationale}. So the answer is instrument."
-    parsed = get_task("arith-demo").parse_teacher(text)
+    parsed = get_task("kinds-demo").parse_teacher(text)
     assert (parsed.rationale, parsed.label, parsed.error) == (rationale, "instrument", None)
-    assert get_task("arith-demo").parse_teacher("1 fruit").error == "no_answer"
-    assert get_task("arith-demo").parse_teacher("1 fruit. So the answer is spoon.").error == "unknown_label"
-    assert ArithDemo.labels == tuple(KINDS)  # ranked over the six kinds, never free text
+    assert get_task("kinds-demo").parse_teacher("1 fruit").error == "no_answer"
+    assert get_task("kinds-demo").parse_teacher("1 fruit. So the answer is spoon.").error == "unknown_label"
+    assert KindsDemo.labels == tuple(KINDS)  # ranked over the six kinds, never free text
 
 
 def test_check_rationale_sorts_what_a_student_writes():
@@ -74,7 +74,7 @@ def test_mean_interval_is_the_student_t_interval():
 
 def test_demo_records_come_through_the_replay_teacher(tmp_path):
     splits = demo_records(tmp_path, {"train": 12, "valid": 3, "test": 3}, seed=1)
-    assert (tmp_path / "teacher" / "arith-demo" / "palm_train.jsonl").exists()
+    assert (tmp_path / "teacher" / "kinds-demo" / "palm_train.jsonl").exists()
     cache = [json.loads(line) for line in (tmp_path / "rationales_train.jsonl").read_text().splitlines()]
     assert len(cache) == 12 and all(row["status"] == "ok" for row in cache)
     for record in splits["train"]:

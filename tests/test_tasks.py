@@ -172,8 +172,14 @@ def test_reference_of_a_class_from_a_file_and_from_a_module(tmp_path, monkeypatc
 
 
 def test_reference_of_a_registered_user_task_carries_its_class():
-    from stepdistill.demo import ArithDemo
+    from stepdistill.demo import KindsDemo
 
-    reference, rebuilt = roundtrip(ArithDemo())
-    assert reference == {"name": "arith-demo", "class": "stepdistill.demo:ArithDemo"}
-    assert type(rebuilt) is ArithDemo
+    reference, rebuilt = roundtrip(KindsDemo())
+    assert reference == {"name": "kinds-demo", "class": "stepdistill.demo:KindsDemo"}
+    assert type(rebuilt) is KindsDemo
+
+
+def test_a_run_folder_from_before_the_demo_task_was_renamed_still_resolves():
+    from stepdistill.demo import KindsDemo
+
+    assert type(get_task({"name": "arith-demo", "class": "stepdistill.demo:ArithDemo"})) is KindsDemo
