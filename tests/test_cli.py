@@ -160,3 +160,10 @@ def test_generate_against_an_unreachable_server_fails_saying_how_many_and_why(tm
                                 "http://127.0.0.1:9/v1", "--max-attempts", "1", "--timeout", "1", "--progress", "false",
                                 "--out", str(tmp_path / "out.jsonl")])
     assert line == f"error: no usable rationale from openai:m: 2 examples failed (connection 2); see {tmp_path / 'out.jsonl'}"
+
+
+def test_batch_sizes_below_one_are_an_error_line(capsys, tmp_path):
+    base = ["train", "--task", "esnli", "--data-dir", NO_DIR, "--output-dir", str(tmp_path)]
+    assert _error_line(capsys, base + ["--per-device-batch-size", "0"]) == \
+        "error: per_device_batch_size must be at least 1, got 0"
+    assert _error_line(capsys, base + ["--batch-size", "-4"]) == "error: batch_size must be at least 1, got -4"

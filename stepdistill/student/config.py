@@ -89,6 +89,10 @@ class TrainConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.label_prefix == self.rationale_prefix:
             raise ValueError("label_prefix and rationale_prefix must differ")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.per_device_batch_size is not None and self.per_device_batch_size < 1:
+            raise ValueError(f"per_device_batch_size must be at least 1, got {self.per_device_batch_size}")
         if self.length_chunks is not None and self.length_chunks < 1:
             raise ValueError(f"length_chunks must be at least 1, got {self.length_chunks}")
         from ..rationale_filters import parse_filters
