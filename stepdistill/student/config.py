@@ -25,7 +25,7 @@ class TrainConfig:
     rationale_prefix: str = "[rationale] "
     max_steps: int = 10_000
     batch_size: int = 64
-    per_device_batch_size: int | None = None  # micro-batch cap (memory); None = batch_size / processes
+    per_device_batch_size: int | None = None  # micro-batch cap: less memory, same update; None = batch_size / processes
     learning_rate: float = 5e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
