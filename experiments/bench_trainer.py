@@ -15,7 +15,9 @@ same seed: the same examples in every batch), run as:
   - with --one-chunk "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks do;
   - with --grouped "ours grouped": length-grouped global batches (a different data order);
   - with --micro-batch N every "ours" side trains in micro-batches of N rows with gradient accumulation up to the
-    global batch (``per_device_batch_size``): the same update, a quarter of the activations at N = batch / 4.
+    global batch (``per_device_batch_size``): the same update, a quarter of the activations at N = batch / 4; each
+    step's rows are dealt to its micro-batches longest first (``sort_micro_batches``), and with
+    --unsorted-micro-batches "ours unsorted" runs them as the dataloader dealt them, to show what that does.
 The reference also holds every teacher output of the train split in memory, as the released code does (549,367
 strings for e-SNLI); ours parses only the lines of the examples it trains on. Every side runs once per --seeds seed.
 
@@ -186,7 +188,8 @@ def run_ours(args, train, valid, test, init) -> dict:
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
                          logging_steps=args.eval_steps, group_by_length=args.group_by_length,
                          length_chunks=args.length_chunks, shared_encoder=args.shared_encoder,
-                         per_device_batch_size=args.micro_batch, gradient_checkpointing=args.checkpointing)
+                         per_device_batch_size=args.micro_batch, gradient_checkpointing=args.checkpointing,
+                         sort_micro_batches=not args.no_sort_micro_batches)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
 
@@ -195,6 +198,7 @@ def run_ours(args, train, valid, test, init) -> dict:
                                      f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}"
                                      f"{'' if args.micro_batch is None else f'-mb{args.micro_batch}'}"
                                      f"{'-ckpt' if args.checkpointing else ''}"
+                                     f"{'-unsorted' if args.no_sort_micro_batches else ''}"
                                      f"-seed{args.seed}")
     results = run_training(args.task, train, valid, [], config, run_dir)
     curve = [(row["step"], row["eval_accuracy"]) for row in read_log(run_dir) if "eval_accuracy" in row]
@@ -275,6 +279,9 @@ def main() -> None:
                         help="ours: per_device_batch_size (gradient accumulation up to --batch-size: same update, "
                              "less activation memory)")
     parser.add_argument("--checkpointing", action="store_true", help="ours: gradient_checkpointing")
+    parser.add_argument("--unsorted-micro-batches", action="store_true",
+                        help="also run ours with micro-batches as the dataloader deals them (with --micro-batch)")
+    parser.add_argument("--no-sort-micro-batches", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,7 +294,8 @@ def main() -> None:
     runs += [("ours 1 chunk", ["--length-chunks", "1"])] if args.one_chunk else []
     runs += [("ours grouped", ["--group-by-length"])] if args.grouped else []
     runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
-    flags = ("--bf16", "--grouped", "--one-chunk", "--no-shared")
+    runs += [("ours unsorted", ["--no-sort-micro-batches"])] if args.unsorted_micro_batches else []
+    flags = ("--bf16", "--grouped", "--one-chunk", "--no-shared", "--unsorted-micro-batches")
     base = [a for a in sys.argv[1:] if a not in flags]
     if "--seeds" in base:  # the workers get one --seed each
         at = base.index("--seeds")

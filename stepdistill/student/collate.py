@@ -1,5 +1,5 @@
-"""Batching of tokenised training rows: the two-task collator, the length-grouped global-batch sampler and the
-length-sorted chunks a micro-batch can run in."""
+"""Batching of tokenised training rows: the two-task collator, the length-grouped global-batch sampler, the
+length-sorted micro-batches of one optimizer step and the length-sorted chunks a micro-batch can run in."""
 
 from __future__ import annotations
 
@@ -86,6 +86,20 @@ class GlobalBatchLengthSampler:
         rng.shuffle(full)
         for batch in full + tail:
             yield from batch
+
+
+def length_sorted_micro_batches(micro_batches: list[dict[str, Any]], lengths, row, collate) -> list[dict[str, Any]]:
+    """One optimizer step's micro-batches with their rows re-dealt longest first into micro-batches of the same
+    sizes: the step holds the same examples (the same summed loss and update), and each micro-batch pads only to
+    rows of similar length. ``lengths[i]``: the work of dataset row i; ``row(i)``: that row as the collator reads it."""
+    indices = [i for batch in micro_batches for i in batch["example_index"].tolist()]
+    order = sorted(indices, key=lambda i: (-lengths[i], i))
+    dealt, start = [], 0
+    for batch in micro_batches:
+        size = len(batch["example_index"])
+        dealt.append(collate([row(i) for i in order[start:start + size]]))
+        start += size
+    return dealt
 
 
 def default_length_chunks(device_type: str) -> int:

@@ -46,6 +46,9 @@ class TrainConfig:
     # each micro-batch runs in up to this many length-sorted chunks, each padded only to its own longest row (split
     # only where that saves 20% or more of the padded area): the same loss and update; None = default_length_chunks()
     length_chunks: int | None = None
+    # with micro-batches (gradient accumulation), the rows of each step are dealt to them longest first: the same
+    # update, less padding
+    sort_micro_batches: bool = True
     # ranking of candidate labels: "sum" of their tokens' log-probabilities, or the per-token "mean" (fairer to
     # long multi-token answers); None = the task's rank_normalization, else "sum"
     rank_normalization: str | None = None

@@ -26,7 +26,8 @@ import torch
 from transformers import Trainer
 
 from ..tasks import Task, get_task
-from .collate import GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks, length_sorted_chunks  # noqa: F401
+from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks,  # noqa: F401
+                      length_sorted_chunks, length_sorted_micro_batches)
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
@@ -64,12 +65,22 @@ class StepByStepTrainer(Trainer):
         self._task_losses: dict[str, list[float]] = {"label_loss": [], "rationale_loss": []}
         self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
         self.eval_seconds = 0.0
+        self._row_lengths: list[int] | None = None  # the train rows' lengths, for sort_micro_batches
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not self.step_config.group_by_length:
             return super()._get_train_sampler(train_dataset)
         return GlobalBatchLengthSampler(dataset["length"], self.step_config.batch_size, self.args.seed)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.step_config.sort_micro_batches and len(batches) > 1:
+            if self._row_lengths is None:
+                self._row_lengths = list(self.train_dataset["length"])
+            batches = length_sorted_micro_batches(batches, self._row_lengths, self.train_dataset.__getitem__,
+                                                  self.data_collator)
+        return batches, num_items_in_batch
 
     def _get_num_items_in_batch(self, batch_samples, device):
         # target tokens per task over the whole global batch: [label tokens, rationale tokens]
@@ -212,6 +223,9 @@ def _training_arguments(config: TrainConfig, checkpoint_dir: Path, per_device: i
         dataloader_num_workers=config.dataloader_num_workers,
         disable_tqdm=config.disable_tqdm,
         average_tokens_across_devices=True,
+        # ranks may run different numbers of forward passes (a micro-batch without rationales skips one): a buffer
+        # broadcast at every forward would then deadlock them; our buffers (rotary tables) are constants
+        ddp_broadcast_buffers=False,
     )
 
 

@@ -1,5 +1,7 @@
 """The step-by-step loss: alpha * label token mean + (1 - alpha) * rationale token mean over the global batch."""
 
+import json
+
 import pytest
 import torch
 
@@ -101,21 +103,32 @@ def test_micro_batches_give_the_one_batch_losses_and_weights(tmp_path, shared_en
     from stepdistill.student.models import load_student
 
     records = toy_records(without_rationale=(3, 10))
-    trained = {}
-    for cap in (None, 4):
+    trained, steps = {}, {}
+    for cap, sort in ((None, True), (4, True), (4, False)):
         config = TrainConfig(model="tiny", method="step-by-step", alpha=0.4, max_steps=3, batch_size=16,
                              per_device_batch_size=cap, learning_rate=3e-3, eval_steps=3, logging_steps=1,
-                             max_target_length=16, shared_encoder=shared_encoder)
-        run_dir = tmp_path / f"cap-{cap}"
+                             max_target_length=16, shared_encoder=shared_encoder, sort_micro_batches=sort,
+                             log_batch_ids=True)
+        run_dir = tmp_path / f"cap-{cap}-sort-{sort}"
         results = run_training(toy_task(), records, records[:4], [], config, run_dir)
         assert results["gradient_accumulation_steps"] == (1 if cap is None else 4)
-        losses = [(row["loss"], row["label_loss"], row["rationale_loss"]) for row in read_log(run_dir) if "loss" in row]
-        trained[cap] = losses, load_student(run_dir / "model")[0].state_dict()
+        steps[cap, sort] = [json.loads(line)["example_index"]
+                            for line in (run_dir / "batch_ids.rank0.jsonl").read_text().splitlines()]
+        if sort:
+            losses = [(row["loss"], row["label_loss"], row["rationale_loss"]) for row in read_log(run_dir)
+                      if "loss" in row]
+            trained[cap] = losses, load_student(run_dir / "model")[0].state_dict()
+    # the same 16 examples per step; sort_micro_batches re-deals them (longest first) among the 4 micro-batches
+    one_batch = steps[None, True]
+    assert len(one_batch) == 3 and len(steps[4, True]) == 12
+    dealt = lambda run: [sum(run[4 * step:4 * step + 4], []) for step in range(3)]
+    assert [sorted(ids) for ids in dealt(steps[4, True])] == [sorted(ids) for ids in one_batch]
+    assert dealt(steps[4, False]) == one_batch and dealt(steps[4, True]) != one_batch
     (one_losses, one_weights), (micro_losses, micro_weights) = trained[None], trained[4]
     assert len(one_losses) == 3 and one_losses[0][0] > 1.0  # an untrained model's real loss
     # the total loss is that of the global batch; the logged task losses are micro-batch means, averaged
     assert [row[0] for row in micro_losses] == pytest.approx([row[0] for row in one_losses], rel=1e-5)
-    initial = load_student(tmp_path / "cap-None" / "student-init")[0].state_dict()
+    initial = load_student(tmp_path / "cap-None-sort-True" / "student-init")[0].state_dict()
     moved = torch.cat([(one_weights[n] - initial[n]).flatten() for n in one_weights]).norm()
     apart = torch.cat([(micro_weights[n] - one_weights[n]).flatten() for n in one_weights]).norm()
     # float summation order differs, nothing else: the two models are far closer than training moved them
