@@ -6,7 +6,7 @@ Methods:
   ``step-by-step``  label task + rationale task (gold or teacher labels).
 
 Where things are: example selection and tokenising in :mod:`.examples`, batching in :mod:`.collate`, the loss in
-:mod:`.loss`, LoRA in :mod:`.lora`, run-folder files in :mod:`.runfiles`; here the Trainer subclass and
+:mod:`.loss`, the Trainer's arguments in :mod:`.arguments`, LoRA in :mod:`.lora`, run-folder files in :mod:`.runfiles`; here the Trainer subclass and
 :func:`run_training`. Selection: label accuracy on valid every ``eval_steps``; the best checkpoint on valid is
 loaded at the end and test is evaluated once on it.
 """
@@ -31,22 +31,8 @@ from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_lengt
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
+from .arguments import batch_layout, training_arguments, world_size  # noqa: F401  (batch_layout re-exported)
 from .runfiles import read_log  # noqa: F401  (re-exported)
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def batch_layout(global_batch: int, processes: int, per_device_cap: int | None = None) -> tuple[int, int]:
-    """(per-device batch, gradient accumulation steps) whose product times ``processes`` is ``global_batch``."""
-    if global_batch % processes:
-        raise ValueError(f"batch_size {global_batch} is not divisible by the {processes} processes")
-    per_process = global_batch // processes
-    per_device = min(per_process, per_device_cap or per_process)
-    while per_process % per_device:
-        per_device -= 1
-    return per_device, per_process // per_device
-
 
 class StepByStepTrainer(Trainer):
     """Trainer with the two-task loss, per-task token normalisation and rank-scored validation accuracy."""
@@ -180,55 +166,6 @@ class StepByStepTrainer(Trainer):
         return metrics
 
 
-def _training_arguments(config: TrainConfig, checkpoint_dir: Path, per_device: int, accumulation: int):
-    from transformers import TrainingArguments
-
-    # transformers renamed gradient_checkpointing to activation_checkpointing within 5.x; we support all of 5.x
-    checkpointing_arg = "activation_checkpointing"
-    if checkpointing_arg not in TrainingArguments.__dataclass_fields__:
-        checkpointing_arg = "gradient_checkpointing"
-    return TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        per_device_eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=config.optim,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps or config.eval_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
-        greater_is_better=True,
-        logging_steps=config.logging_steps,
-        report_to=config.report_to,
-        seed=config.seed,
-        bf16=config.bf16,
-        fp16=config.fp16,
-        **{checkpointing_arg: config.gradient_checkpointing},
-        dataloader_pin_memory=torch.cuda.is_available(),
-        # CPU-only machines: needed for multi-process CPU (gloo) training and for bf16 autocast on CPU
-        use_cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
-        deepspeed=config.deepspeed,
-        fsdp=config.fsdp,
-        remove_unused_columns=False,  # our collator reads the rationale columns the model signature lacks
-        label_names=["labels"],
-        dataloader_num_workers=config.dataloader_num_workers,
-        disable_tqdm=config.disable_tqdm,
-        average_tokens_across_devices=True,
-        # ranks may run different numbers of forward passes (a micro-batch without rationales skips one): a buffer
-        # broadcast at every forward would then deadlock them; our buffers (rotary tables) are constants
-        ddp_broadcast_buffers=False,
-    )
-
-
 def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args):
     """(model, tokenizer, the base a LoRA run's adapters sit on: ``../student-init`` inside the run folder, an
     absolute local path or a hub / short name)."""
@@ -293,7 +230,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
-    args = _training_arguments(config, checkpoint_dir, per_device, accumulation)
+    args = training_arguments(config, checkpoint_dir, per_device, accumulation)
     if args.world_size != processes:
         raise RuntimeError(f"WORLD_SIZE says {processes} processes but the Trainer sees {args.world_size}")
 
