@@ -26,6 +26,12 @@ def batch_layout(global_batch: int, processes: int, per_device_cap: int | None =
     return per_device, per_process // per_device
 
 
+# TrainConfig fields that TrainingArguments takes under the same name and meaning
+SAME_NAMED = ("max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
+              "optim", "eval_steps", "save_total_limit", "logging_steps", "report_to", "seed", "bf16", "fp16",
+              "deepspeed", "fsdp", "dataloader_num_workers", "disable_tqdm")
+
+
 def training_arguments(config: TrainConfig, checkpoint_dir: Path, per_device: int, accumulation: int):
     from transformers import TrainingArguments
 
@@ -35,39 +41,22 @@ def training_arguments(config: TrainConfig, checkpoint_dir: Path, per_device: in
         checkpointing_arg = "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
-        max_steps=config.max_steps,
+        **{name: getattr(config, name) for name in SAME_NAMED},
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
         per_device_eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=config.optim,
         eval_strategy="steps",
-        eval_steps=config.eval_steps,
         save_strategy="steps",
         save_steps=config.save_steps or config.eval_steps,
-        save_total_limit=config.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="accuracy",
         greater_is_better=True,
-        logging_steps=config.logging_steps,
-        report_to=config.report_to,
-        seed=config.seed,
-        bf16=config.bf16,
-        fp16=config.fp16,
         **{checkpointing_arg: config.gradient_checkpointing},
         dataloader_pin_memory=torch.cuda.is_available(),
         # CPU-only machines: needed for multi-process CPU (gloo) training and for bf16 autocast on CPU
         use_cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
-        deepspeed=config.deepspeed,
-        fsdp=config.fsdp,
         remove_unused_columns=False,  # our collator reads the rationale columns the model signature lacks
         label_names=["labels"],
-        dataloader_num_workers=config.dataloader_num_workers,
-        disable_tqdm=config.disable_tqdm,
         average_tokens_across_devices=True,
         # ranks may run different numbers of forward passes (a micro-batch without rationales skips one): a buffer
         # broadcast at every forward would then deadlock them; our buffers (rotary tables) are constants

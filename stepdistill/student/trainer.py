@@ -6,9 +6,9 @@ Methods:
   ``step-by-step``  label task + rationale task (gold or teacher labels).
 
 Where things are: example selection and tokenising in :mod:`.examples`, batching in :mod:`.collate`, the loss in
-:mod:`.loss`, the Trainer's arguments in :mod:`.arguments`, LoRA in :mod:`.lora`, run-folder files in :mod:`.runfiles`; here the Trainer subclass and
-:func:`run_training`. Selection: label accuracy on valid every ``eval_steps``; the best checkpoint on valid is
-loaded at the end and test is evaluated once on it.
+:mod:`.loss`, the Trainer's arguments in :mod:`.arguments`, LoRA in :mod:`.lora`, run-folder files in
+:mod:`.runfiles`; here the Trainer subclass and :func:`run_training`. Selection: label accuracy on valid every
+``eval_steps``; the best checkpoint on valid is loaded at the end and test is evaluated once on it.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 from transformers import Trainer
 
 from ..tasks import Task, get_task
+from .arguments import batch_layout, training_arguments, world_size  # noqa: F401  (batch_layout re-exported)
 from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks,  # noqa: F401
                       length_sorted_chunks, length_sorted_micro_batches)
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
-from .arguments import batch_layout, training_arguments, world_size  # noqa: F401  (batch_layout re-exported)
 from .runfiles import read_log  # noqa: F401  (re-exported)
 
 class StepByStepTrainer(Trainer):
@@ -64,6 +64,7 @@ class StepByStepTrainer(Trainer):
         if self.step_config.sort_micro_batches and len(batches) > 1:
             if self._row_lengths is None:
                 self._row_lengths = list(self.train_dataset["length"])
+            # re-collated from the dataset rows: un-padding the collated tensors would need each family's layout
             batches = length_sorted_micro_batches(batches, self._row_lengths, self.train_dataset.__getitem__,
                                                   self.data_collator)
         return batches, num_items_in_batch
