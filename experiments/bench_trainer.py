@@ -60,8 +60,12 @@ def load_records(args) -> tuple[list[dict], list[dict], list[dict]]:
         train, valid, test = splits["train"], splits["valid"], splits["test"]
     else:
         from stepdistill.data import load_task_data, subsample
+        from stepdistill.sources import DataError
 
-        data = load_task_data(args.task, data_dir=args.data_dir, splits=("train", "valid", "test"))
+        try:
+            data = load_task_data(args.task, data_dir=args.data_dir, splits=("train", "valid", "test"))
+        except (DataError, ValueError) as error:  # a missing folder or file, an unknown task
+            raise SystemExit(f"error: {error}") from None
         train = [r for r in data.splits["train"] if usable_rationale(r)]
         train = subsample(train, count=args.train, seed=0)
         valid = subsample(data.splits["valid"], count=args.valid, seed=0)
@@ -311,7 +315,8 @@ def main() -> None:
             done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
                                   capture_output=True, text=True)
             if done.returncode:
-                sys.exit(f"{label} failed:\n{done.stderr[-4000:]}")
+                last = done.stderr.strip().splitlines()[-1:] or [""]
+                sys.exit(last[0] if last[0].startswith("error:") else f"{label} failed:\n{done.stderr[-4000:]}")
             results[label].append(json.loads(result.read_text()))
             results[label][-1].update(seed=seed, load_average_after=round(os.getloadavg()[0], 1))
     print_tables(args, results)
