@@ -222,7 +222,9 @@ MEASURES = {"student": measure_student, "student-int8": measure_student, "serve"
 def run_child(measure: str, argv: list[str]) -> dict:
     done = subprocess.run([sys.executable, __file__, *argv, "--measure", measure], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"error: measuring {measure} failed:\n{done.stderr[-3000:]}")
+        last = done.stderr.strip().splitlines()[-1:] or [""]
+        raise SystemExit(last[0] if last[0].startswith("error:") else
+                         f"error: measuring {measure} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -276,8 +278,19 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.measure:
-        print(json.dumps(MEASURES[args.measure](args)))
+        from stepdistill.sources import DataError
+
+        try:
+            print(json.dumps(MEASURES[args.measure](args)))
+        except DataError as error:  # a missing data folder or split
+            raise SystemExit(f"error: {error}") from None
         return
+    from stepdistill.serving.export import find_model_folder
+
+    try:
+        find_model_folder(args.run_dir)
+    except ValueError as error:
+        raise SystemExit(f"error: --run-dir {error}") from None
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     argv = [arg for arg in sys.argv[1:] if arg != "--int8"]
     rows = {}
