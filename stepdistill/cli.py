@@ -2,8 +2,9 @@
 
 Options come from the functions' signatures; a parameter typed as a dataclass (DataOptions, SubsetOptions,
 TrainConfig) becomes a group of options, ``--student.max_steps``, which also answers to its flat name
-``--max-steps``. Command modules import heavy libraries (torch, transformers) inside the function, so `--help` stays
-fast. Expected failures (bad input, bad option values) end as one ``error: ...`` line and exit status 1 (2 for
+``--max-steps``. Leading folders may go without their option names (``serve RUN_DIR``, ``export RUN_DIR OUT``,
+``predict RUN_DIR``, ``run EXPERIMENT``). Command modules import heavy libraries (torch, transformers) inside the
+function, so `--help` stays fast. Expected failures (bad input, bad option values) end as one ``error: ...`` line and exit status 1 (2 for
 option syntax); ``--debug`` shows the traceback instead.
 """
 
@@ -57,6 +58,8 @@ class _OneLineErrors(ArgumentParser):
 
     def error(self, message, ex=None):  # noqa: D102
         message = re.sub(r'Parser key "([^"]+)":', r"option --\1:", " ".join(str(message).split()))
+        if message.startswith("the following arguments are required:"):  # "serve.run_dir" -> "--run-dir"
+            message = re.sub(r"\b[a-z]+\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
         print("error: " + message, file=sys.stderr)
         raise SystemExit(2)
 
@@ -95,11 +98,21 @@ def _option_groups(command) -> dict[str, str]:
     return flat
 
 
+# what leading arguments without an option name stand for: `stepdistill serve RUN_DIR`, `export RUN_DIR OUT`
+POSITIONAL = {"run": ("experiment",), "serve": ("run_dir",), "export": ("run_dir", "out"), "predict": ("model_dir",)}
+
+
 def _normalise(args: list[str], commands: dict) -> list[str]:
-    """--data-dir -> --data_dir (jsonargparse names options after parameters), flat names -> their group."""
+    """--data-dir -> --data_dir (jsonargparse names options after parameters), flat names -> their group, and
+    leading positional arguments -> their options (:data:`POSITIONAL`)."""
     groups = _option_groups(commands[args[0]]) if args and args[0] in commands else {}
-    if args[:1] == ["run"] and len(args) > 1 and not args[1].startswith("-"):
-        args = ["run", "--experiment", *args[1:]]  # `stepdistill run exp.yaml`
+    if args and args[0] in POSITIONAL:
+        head, rest = [args[0]], args[1:]
+        for name in POSITIONAL[args[0]]:
+            if not rest or rest[0].startswith("-"):
+                break
+            head += [f"--{name}", rest.pop(0)]
+        args = head + rest
     out = []
     for arg in args:
         match = re.match(r"^--([a-z0-9_.-]+)(=.*)?$", arg)

@@ -85,6 +85,17 @@ def _cases(tmp_path, run_folder, experiment):
             (["predict", "--model-dir", str(run_folder), "--input", "x", "--batch-size", "big"],
              "option --batch_size"),
             (["predict", "--model-dir", str(tmp_path), "--input", "x"], "not a run folder"),
+            (["predict", str(tmp_path), "--input", "x"], "not a run folder"),  # the folder without its option
+        ],
+        "serve": [
+            (["serve", str(tmp_path / "none")], "none: no such folder"),
+            (["serve"], "error: the following arguments are required: --run-dir"),
+            (["serve", str(run_folder), "--port", "eighty"], "option --port"),
+        ],
+        "export": [
+            (["export", str(tmp_path / "none"), out], "none: no such folder"),
+            (["export", str(run_folder)], "error: the following arguments are required: --out"),
+            (["export", str(run_folder), out, "--quantize", "int4"], "option --quantize"),
         ],
         "run": [
             (["run", experiment(task="esnlii")], "unknown task 'esnlii'"),
@@ -95,7 +106,7 @@ def _cases(tmp_path, run_folder, experiment):
     }
 
 
-@pytest.mark.parametrize("command", ["data", "generate", "train", "curve", "predict", "run"])
+@pytest.mark.parametrize("command", ["data", "generate", "train", "curve", "predict", "run", "serve", "export"])
 def test_each_command_fails_with_one_error_line(command, tmp_path, run_folder, experiment, capsys):
     for args, expected in _cases(tmp_path, run_folder, experiment)[command]:
         line = _error_line(capsys, args)

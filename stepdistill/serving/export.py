@@ -123,7 +123,8 @@ def export_command(run_dir: str, out: str, quantize: Literal["int8"] | None = No
 
     The folder holds safetensors weights (LoRA adapters merged), the tokenizer and stepdistill.json (task, prefixes,
     lengths). `--quantize int8` keeps the fp32 weights and marks the folder so that `serve` applies dynamic int8
-    quantisation to every Linear layer at load time (CPU).
+    quantisation to every Linear layer at load time (CPU). The folders may come first without their options:
+    `stepdistill export RUN_DIR OUT`.
 
     Args:
         run_dir: A run folder from `stepdistill train` (or its model/ subfolder, or another export).

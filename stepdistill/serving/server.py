@@ -197,7 +197,8 @@ def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8000, max_b
     """Serve a trained student over HTTP, concurrent requests batched dynamically.
 
     Routes: POST /predict, OpenAI-compatible POST /v1/completions and /v1/chat/completions, GET /health,
-    GET /v1/models. Bad requests get a 4xx JSON error naming the field.
+    GET /v1/models. Bad requests get a 4xx JSON error naming the field. The folder may come first without its
+    option: `stepdistill serve RUN_DIR`.
 
     Args:
         run_dir: A run folder from `stepdistill train`, its model/ subfolder, or a `stepdistill export` folder.

@@ -82,7 +82,8 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
 
     Inputs: one --input, an --input-file (JSON Lines or .csv, columns renamed with --fields), or a whole --split
     of a task's data from any source (the options of `stepdistill data`; rows then carry their gold label). The task
-    is the one saved with the model unless --task names another.
+    is the one saved with the model unless --task names another. The folder may come first without its option:
+    `stepdistill predict RUN_DIR --input ...`.
 
     Args:
         model_dir: A run folder from `stepdistill train` (or its model/ subfolder).
