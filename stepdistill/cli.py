@@ -4,8 +4,8 @@ Options come from the functions' signatures; a parameter typed as a dataclass (D
 TrainConfig) becomes a group of options, ``--student.max_steps``, which also answers to its flat name
 ``--max-steps``. Leading folders may go without their option names (``serve RUN_DIR``, ``export RUN_DIR OUT``,
 ``predict RUN_DIR``, ``run EXPERIMENT``). Command modules import heavy libraries (torch, transformers) inside the
-function, so `--help` stays fast. Expected failures (bad input, bad option values) end as one ``error: ...`` line and exit status 1 (2 for
-option syntax); ``--debug`` shows the traceback instead.
+function, so `--help` stays fast. Expected failures (bad input, bad option values) end as one ``error: ...`` line
+and exit status 1 (2 for option syntax); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
