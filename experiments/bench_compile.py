@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="timed steps after the warm-up")
     parser.add_argument("--warmup", type=int, default=3, help="first steps, compilation included, timed apart")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-input-length", type=int, default=128)
+    parser.add_argument("--max-target-length", type=int, default=64)
     args = parser.parse_args()
     import torch
     from transformers import AutoTokenizer
@@ -85,7 +87,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data_args = types.SimpleNamespace(task="esnli", data_dir=args.data_dir, work_dir=args.work_dir, train=2000,
                                       valid=1, test=1, d_model=args.d_model, layers=args.layers)
-    args.max_input_length, args.max_target_length = 128, 64
     train, _, _ = bench_trainer.load_records(data_args)
     init = bench_trainer.build_init(data_args, train)
     batches = make_batches(AutoTokenizer.from_pretrained(init), train, args.warmup + args.steps, args.batch_size,

@@ -59,7 +59,7 @@ class _OneLineErrors(ArgumentParser):
     def error(self, message, ex=None):  # noqa: D102
         message = re.sub(r'Parser key "([^"]+)":', r"option --\1:", " ".join(str(message).split()))
         if message.startswith("the following arguments are required:"):  # "serve.run_dir" -> "--run-dir"
-            message = re.sub(r"\b[a-z]+\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
+            message = re.sub(r"\b(?:[a-z_]+\.)+([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
         print("error: " + message, file=sys.stderr)
         raise SystemExit(2)
 
