@@ -1,4 +1,5 @@
-"""Every command in README.md and experiments/README.md runs as written, in README order, in one temp folder.
+"""Every command in README.md, docs/*.md and experiments/README.md runs as written, in README order, in one temp
+folder.
 
 The ```bash blocks are parsed (backslash continuations joined, comments dropped) and each `stepdistill ...`,
 `.venv/bin/stepdistill ...` or `python experiments/...` command runs with this checkout's Python. Work is shrunk,
@@ -28,7 +29,18 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-README_FILES = ("README.md", "experiments/README.md")
+
+
+def readme_files() -> tuple[str, ...]:
+    """README.md, then the docs/ pages in the order the README links them (any page it does not link after, by
+    name), then experiments/README.md: later commands may use what earlier ones wrote."""
+    linked = re.findall(r"\]\((docs/[\w.-]+\.md)", (REPO_ROOT / "README.md").read_text())
+    pages = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))
+    ordered = [p for p in dict.fromkeys(linked) if p in pages] + [p for p in pages if p not in linked]
+    return ("README.md", *ordered, "experiments/README.md")
+
+
+README_FILES = readme_files()
 MAX_STEPS = 2
 EVAL_ROWS = 24  # valid/test examples per task in the shrunk data folder
 COMMAND_TIMEOUT_S = 300
