@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..tasks import Task, get_task
 from .arguments import batch_layout, training_arguments, world_size  # noqa: F401  (batch_layout re-exported)
@@ -33,6 +33,28 @@ from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
+
+class LogAtCheckpoints(TrainerCallback):
+    """Close the loss-logging window at every checkpoint, so the windows logged up to a checkpoint cover exactly its
+    steps and a resumed run can report the training loss of the whole run (:func:`whole_run_loss`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def whole_run_loss(log_history: list[dict[str, Any]], resumed_from: int, this_call_loss: float,
+                   total_steps: int) -> float:
+    """The mean training loss over all ``total_steps`` of a run resumed at ``resumed_from``: the logged windows up
+    to the resumed step (each window's mean loss times its steps) plus this call's mean over the steps it ran."""
+    earlier, previous = 0.0, 0
+    for row in log_history:
+        if "loss" in row and row["step"] <= resumed_from:
+            earlier += row["loss"] * (row["step"] - previous)
+            previous = row["step"]
+    return (earlier + this_call_loss * (total_steps - resumed_from)) / max(total_steps, 1)
+
 
 class StepByStepTrainer(Trainer):
     """Trainer with the two-task loss, per-task token normalisation and rank-scored validation accuracy."""
@@ -224,6 +246,9 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     from .runfiles import config_record, peak_memory_mb, student_meta, write_json, write_jsonl, write_meta
 
     task = get_task(task)
+    finished = _finished_run(run_dir, config)
+    if finished is not None:
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
@@ -261,7 +286,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     trainer = StepByStepTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset.select(range(1)),
         data_collator=MultiTaskCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=callbacks, step_config=config, task=task, eval_records=valid_records, family=family,
+        callbacks=[LogAtCheckpoints(), *(callbacks or [])], step_config=config, task=task,
+        eval_records=valid_records, family=family,
         rank_normalization=rank_normalization, batch_log=batch_log)
     if callbacks:  # the caller shows progress: drop the Trainer's raw log-dict prints (train_log.jsonl keeps them)
         from transformers.trainer_callback import PrinterCallback
@@ -322,7 +348,10 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "wall_seconds": round(wall_seconds, 2),
         "train_examples_per_second": round(
             (trained_steps - resumed_from) * config.batch_size / train_seconds, 2),
-        "train_loss": train_output.training_loss,
+        # the whole run's mean, also when resumed (the Trainer's own figure covers only the steps of this call)
+        "train_loss": whole_run_loss(trainer.state.log_history, resumed_from, train_output.training_loss,
+                                     trained_steps),
+        "resumed_from_step": resumed_from or None,
         **peak_memory_mb(),
         "bf16": config.bf16,
         "device": str(args.device),
@@ -345,6 +374,20 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         if not config.keep_checkpoints:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def _finished_run(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The results of a run that already finished in ``run_dir``, when asked to resume it: it is left as it is."""
+    results_file = run_dir / "results.json"
+    if not config.resume_from_checkpoint or not results_file.is_file():
+        return None
+    results = json.loads(results_file.read_text())
+    if results.get("steps", 0) < config.max_steps:
+        return None  # asked for more steps than it ran: train on from its last checkpoint
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{run_dir}: already finished ({results['steps']} of {config.max_steps} steps, "
+              f"{results_file.name}); nothing to resume", flush=True)
     return results
 
 
