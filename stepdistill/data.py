@@ -35,7 +35,8 @@ class SplitReport:
     teacher_ok: int = 0
     teacher_failures: Counter = field(default_factory=Counter)  # reason -> count ("missing", "no_answer", ...)
     teacher_agree: int = 0  # teacher label == gold label by the task's rule (normalised text; equations by value)
-    teacher_agree_exact: int = 0  # the parsed label text == the gold label text (the authors' rule)
+    teacher_agree_authors: int = 0  # the parsed label agrees with gold by the task's authors' rule (Task.authors_rule)
+    authors_rule: str = "exact text"
     teacher_without_example: int = 0  # outputs for examples of the full split that are not available locally
 
     @property
@@ -43,8 +44,8 @@ class SplitReport:
         return self.teacher_agree / self.examples if self.examples else 0.0
 
     @property
-    def agreement_exact(self) -> float:
-        return self.teacher_agree_exact / self.examples if self.examples else 0.0
+    def agreement_authors(self) -> float:
+        return self.teacher_agree_authors / self.examples if self.examples else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +54,8 @@ class SplitReport:
             "teacher_ok": self.teacher_ok,
             "teacher_failures": dict(self.teacher_failures.most_common()),
             "teacher_label_agreement": round(self.agreement, 6),
-            "teacher_label_agreement_exact": round(self.agreement_exact, 6),
+            "teacher_label_agreement_authors": round(self.agreement_authors, 6),
+            "authors_rule": self.authors_rule,
             "teacher_without_example": self.teacher_without_example,
         }
 
@@ -133,7 +135,8 @@ def _gold_label(task: Task, example: dict[str, Any], where: str) -> str:
 
 def split_report(task: Task, records: list[dict[str, Any]], teacher_without_example: int = 0) -> SplitReport:
     """Counts over a split's records (labels, usable teacher outputs, failures by reason, agreement with gold)."""
-    report = SplitReport(examples=len(records), teacher_without_example=teacher_without_example)
+    report = SplitReport(examples=len(records), teacher_without_example=teacher_without_example,
+                         authors_rule=task.authors_rule)
     for record in records:
         report.labels[record["label"]] += 1
         if record["teacher_error"] is None:
@@ -142,7 +145,8 @@ def split_report(task: Task, records: list[dict[str, Any]], teacher_without_exam
             report.teacher_failures[record["teacher_error"]] += 1
         if record["teacher_label"] is not None and task.is_correct(record["teacher_label"], record["label"], record["fields"]):
             report.teacher_agree += 1
-        report.teacher_agree_exact += record["teacher_raw_label"] == _gold_text(task, record["fields"])
+        report.teacher_agree_authors += task.authors_agree(record["teacher_raw_label"], _gold_text(task, record["fields"]),
+                                                           record["fields"])
     return report
 
 

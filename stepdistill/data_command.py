@@ -17,7 +17,10 @@ def format_report(data: TaskData, subset_of: dict[str, int] | None = None) -> st
         lines.append(f"\n[{split}] {report.examples:,} examples{of_full}")
         labels = ", ".join(f"{label} {count:,} ({count / report.examples:.1%})" for label, count in report.labels.most_common(10))
         lines.append(f"  labels: {labels}" + (" ..." if len(report.labels) > 10 else ""))
-        lines.append(f"  teacher outputs parsed: {report.teacher_ok:,}; teacher-label agreement with gold: {report.agreement:.1%}")
+        agreement = f"{report.agreement:.1%}"
+        if report.teacher_agree_authors != report.teacher_agree:  # the figure to compare with the paper's
+            agreement += f" (by the authors' rule, {report.authors_rule}: {report.agreement_authors:.1%})"
+        lines.append(f"  teacher outputs parsed: {report.teacher_ok:,}; teacher-label agreement with gold: {agreement}")
         if report.teacher_failures:
             reasons = ", ".join(f"{reason} {count:,}" for reason, count in report.teacher_failures.most_common())
             lines.append(f"  unusable teacher outputs by reason: {reasons}")

@@ -65,6 +65,8 @@ class Task:
     # sum ranked as well or better on e-SNLI and tied on ANLI-R1 (experiments/README.md); CQA is unmeasured
     rank_normalization: ClassVar[str] = "sum"
     official_splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")  # splits of the authors' release
+    # how the task's authors compared a parsed teacher label with gold (their figure is the one to compare with)
+    authors_rule: ClassVar[str] = "exact text"
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def prepare_example(self, example: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +103,11 @@ class Task:
     def is_correct(self, prediction: str, gold: str, example: dict[str, Any] | None = None) -> bool:
         """Exact match after normalisation."""
         return normalize_text(prediction) == normalize_text(gold)
+
+    def authors_agree(self, raw_label: str | None, gold_text: str, example: dict[str, Any] | None = None) -> bool:
+        """Whether a teacher's parsed label text agrees with the gold text by :attr:`authors_rule` (default: the
+        same text exactly, case included)."""
+        return raw_label is not None and raw_label == gold_text
 
     # -- teacher --------------------------------------------------------------------------------------------
     def parse_teacher(self, output: str, example: dict[str, Any] | None = None) -> TeacherParse:
@@ -237,6 +244,11 @@ class SVAMP(Task):
 
     def is_correct(self, prediction, gold, example=None):
         return values_equal(prediction, gold)
+
+    authors_rule = "equation value"  # the released code evaluates both equations and compares the numbers
+
+    def authors_agree(self, raw_label, gold_text, example=None):
+        return raw_label is not None and values_equal(raw_label, gold_text)
 
     def parse_teacher(self, output, example=None):
         parts = output.split("Q:")[0].rstrip().split("The answer is")

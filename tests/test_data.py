@@ -84,7 +84,7 @@ def test_local_records_keep_and_mark_unusable_teacher_outputs(tmp_path):
         "No cat is mentioned.", None, "maybe")
     assert records[2]["teacher_raw_label"] is None
     report = data.report["test"]
-    assert (report.examples, report.teacher_ok, report.teacher_agree, report.teacher_agree_exact) == (3, 1, 1, 1)
+    assert (report.examples, report.teacher_ok, report.teacher_agree, report.teacher_agree_authors) == (3, 1, 1, 1)
     assert dict(report.teacher_failures) == {"unknown_label": 1, "no_answer": 1}
 
 
@@ -291,14 +291,14 @@ CQA_EXPECTED = {
         "teacher_label": ["river", "shoes", "sink", "open a lock", "telescope", "cockpit", "hungry", "toy box", None,
                           "oven", None, "chalk"],
         "report": {"examples": 12, "teacher_ok": 10, "teacher_failures": {"unknown_label": 1, "no_answer": 1},
-                   "teacher_label_agreement": 0.75, "teacher_label_agreement_exact": 0.666667,
-                   "teacher_without_example": 0},
+                   "teacher_label_agreement": 0.75, "teacher_label_agreement_authors": 0.666667,
+                   "authors_rule": "exact text", "teacher_without_example": 0},
     },
     "test": {
         "teacher_error": [None, None, None, None, None, "unknown_label"],
         "teacher_label": ["market", "nests", "umbrella", "kitchen", "camera", None],
         "report": {"examples": 6, "teacher_ok": 5, "teacher_failures": {"unknown_label": 1},
-                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_exact": 0.666667,
+                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_authors": 0.666667,
                    "teacher_without_example": 0},
     },
 }
@@ -347,16 +347,17 @@ SVAMP_EXPECTED = {
         "teacher_raw_label": ["( 8.0 - 5.0 )", "(12.0 + 7.0)", "( 6.0 * 4.0 )", "( 20.0 / 5.0 )", "( 15.0 - 9.0 )",
                               "( 3.0 + 4.0 )", "(thirty minus eighteen)", "( 9.0 * 8.0 )", None, "( 40.0 - 8.0 )",
                               "( 25.0 * 3.0 )", "( 36.0 / 9.0 )"],
+        # the authors compare equations by value, as our rule does: the same figure
         "report": {"examples": 12, "teacher_ok": 10, "teacher_failures": {"unknown_label": 1, "no_answer": 1},
-                   "teacher_label_agreement": 0.75, "teacher_label_agreement_exact": 0.666667,
-                   "teacher_without_example": 0},
+                   "teacher_label_agreement": 0.75, "teacher_label_agreement_authors": 0.75,
+                   "authors_rule": "equation value", "teacher_without_example": 0},
     },
     "test": {
         "teacher_error": [None, None, None, None, None, "no_answer"],
         "teacher_raw_label": ["( 14.0 + 11.0 )", "( 60.0 / 4.0 )", "(27 - 9)", "( 5.0 + 6.0 )", "( 12.0 + 16.0 )", None],
         "report": {"examples": 6, "teacher_ok": 5, "teacher_failures": {"no_answer": 1},
-                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_exact": 0.5,
-                   "teacher_without_example": 0},
+                   "teacher_label_agreement": 0.666667, "teacher_label_agreement_authors": 0.666667,
+                   "authors_rule": "equation value", "teacher_without_example": 0},
     },
 }
 
@@ -515,3 +516,19 @@ def test_replayed_cqa_rationales_drop_invalid_teacher_labels_too(tmp_path):
     _, counts = select_examples(attached, TrainConfig(method="step-by-step", label_source="teacher"))
     assert counts["dropped_no_teacher_label"] == {"unknown_label": 1, "no_answer": 1}
     assert (counts["label_task"], counts["rationale_task"]) == (10, 10)
+
+
+def test_data_command_prints_the_authors_agreement_where_it_differs(capsys):
+    from stepdistill.cli import main
+
+    main(["data", "--task", "cqa", "--data-dir", str(FIXTURES / "cqa_official"), "--source", "official",
+          "--carve-valid", "null"])
+    train, test = capsys.readouterr().out.split("[test]")
+    # "Cockpit" for "cockpit": agrees by our rule (case folded), not by the authors' exact text
+    assert "teacher-label agreement with gold: 75.0% (by the authors' rule, exact text: 66.7%)" in train
+    assert "teacher-label agreement with gold: 66.7%\n" in test  # the same figure both ways: said once
+    main(["data", "--task", "svamp", "--data-dir", str(FIXTURES / "svamp_official"), "--source", "official",
+          "--carve-valid", "null", "--json", "true"])
+    report = json.loads(capsys.readouterr().out)["splits"]["test"]
+    assert (report["teacher_label_agreement"], report["teacher_label_agreement_authors"], report["authors_rule"]) \
+        == (0.666667, 0.666667, "equation value")

@@ -235,3 +235,20 @@ def test_inspect_the_papers_anli_train_outputs(shared_data_dir, tmp_path):
                         for r in records)
     assert {(g, t): n for g, row in report["agreement"]["confusion"].items() for t, n in row.items() if n} == confusion
     assert report["agreement"]["agree"] == 756
+
+
+def test_inspect_gives_the_authors_agreement_where_it_differs(tmp_path, capsys):
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "cqa_official"
+    inspect_command("cqa", data_dir=str(fixtures), source="official", split="train", tokenizer="whitespace",
+                    out_dir=str(tmp_path / "r"))
+    agreement = json.loads((tmp_path / "r" / "inspect.json").read_text())["agreement"]
+    assert (agreement["agree"], agreement["agree_authors"], agreement["with_gold"]) == (9, 8, 12)
+    assert "By the task's authors' rule (exact text): 8 / 12 (66.67%); that is the figure" in capsys.readouterr().out
+    # from a cache, the raw label text is parsed again from the raw output ("Cockpit" stays capitalised)
+    output = "Pilots sit up front. So the answer is (a) Cockpit."
+    cache = tmp_path / "c.jsonl"
+    cache.write_text(json.dumps(record("0", rationale="Pilots sit up front.", label="cockpit", gold="cockpit")
+                                | {"raw_output": output}) + "\n")
+    inspect_command("cqa", cache=str(cache), tokenizer="whitespace", out_dir=str(tmp_path / "c"))
+    agreement = json.loads((tmp_path / "c" / "inspect.json").read_text())["agreement"]
+    assert (agreement["agree"], agreement["agree_authors"], agreement["rate_authors"]) == (1, 0, 0.0)

@@ -49,6 +49,7 @@ def items_from_task(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         status = "ok" if error is None else "missing" if error == "missing" else "parse_error"
         items.append({"id": str(record["id"]), "status": status, "reason": error,
                       "raw_output": record.get("teacher_output"), "rationale": record.get("rationale"),
-                      "label": record.get("teacher_label"), "gold": record.get("label"), "fields": record.get("fields"),
+                      "label": record.get("teacher_label"), "raw_label": record.get("teacher_raw_label"),
+                      "gold": record.get("label"), "fields": record.get("fields"),
                       "outputs": None, "votes": None})
     return items

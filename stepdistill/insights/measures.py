@@ -50,9 +50,13 @@ def agreement(task: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
     labelled = [item for item in with_gold if item.get("label") is not None
                 and task.canonical_label(item["label"], item.get("fields")) is not None]
     agree = sum(task.is_correct(item["label"], item["gold"], item.get("fields")) for item in labelled)
+    authors = sum(task.authors_agree(_raw_label(task, item), item["gold"], item.get("fields")) for item in with_gold)
     result: dict[str, Any] = {
         "with_gold": len(with_gold), "with_teacher_label": len(labelled), "agree": agree,
         "rate": agree / len(with_gold) if with_gold else None,
+        # the figure to compare with the paper's: the task's authors' rule (e.g. CQA: the exact text, case included)
+        "authors_rule": task.authors_rule, "agree_authors": authors,
+        "rate_authors": authors / len(with_gold) if with_gold else None,
         "rate_among_labelled": agree / len(labelled) if labelled else None, "confusion": None}
     if task.labels:  # a fixed label set: gold rows x teacher columns
         columns = list(task.labels) + [NO_LABEL]
@@ -65,6 +69,14 @@ def agreement(task: Task, items: list[dict[str, Any]]) -> dict[str, Any]:
         result["per_gold_label_rate"] = {gold: (row[gold] / sum(row.values()) if sum(row.values()) else None)
                                          for gold, row in matrix.items()}
     return result
+
+
+def _raw_label(task: Task, item: dict[str, Any]) -> str | None:
+    """The teacher's label text as parsed, before it was matched to a label (caches keep only the matched one)."""
+    if "raw_label" in item:
+        return item["raw_label"]
+    output = item.get("raw_output")
+    return task.parse_teacher(output, item.get("fields")).raw_label if output else None
 
 
 def _percentile(sorted_values: list[int], p: float) -> int:

@@ -34,6 +34,9 @@ def markdown(report: dict[str, Any]) -> str:
               f"Agreement: {_pct(agree['agree'], agree['with_gold'])} of the answers with a gold label (no valid teacher label "
               f"counts as a disagreement); {_rate(agree['rate_among_labelled'])} of the {agree['with_teacher_label']:,} "
               "with a teacher label."]
+    if agree.get("agree_authors") is not None and agree["agree_authors"] != agree["agree"]:
+        lines += ["", f"By the task's authors' rule ({agree['authors_rule']}): "
+                      f"{_pct(agree['agree_authors'], agree['with_gold'])}; that is the figure to compare with theirs."]
     if agree.get("confusion"):
         columns = list(next(iter(agree["confusion"].values())))
         lines += ["", "| gold \\ teacher | " + " | ".join(columns) + " | agreement |",
