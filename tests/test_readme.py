@@ -32,9 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_files() -> tuple[str, ...]:
-    """README.md, then the docs/ pages in the order the README links them (any page it does not link after, by
-    name), then experiments/README.md: later commands may use what earlier ones wrote."""
-    linked = re.findall(r"\]\((docs/[\w.-]+\.md)", (REPO_ROOT / "README.md").read_text())
+    """README.md, then the docs/ pages in the order of the README's "Documentation" table (any page it does not
+    link after, by name), then experiments/README.md: later commands may use what earlier ones wrote."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.partition("\n## Documentation\n")[2].partition("\n## ")[0]
+    linked = re.findall(r"\]\((docs/[\w.-]+\.md)", table)
     pages = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))
     ordered = [p for p in dict.fromkeys(linked) if p in pages] + [p for p in pages if p not in linked]
     return ("README.md", *ordered, "experiments/README.md")
@@ -183,6 +185,12 @@ def api_server():
 
 
 COMMANDS = all_commands()
+
+
+def test_every_docs_page_is_in_the_readmes_documentation_table():
+    pages = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))
+    table = (REPO_ROOT / "README.md").read_text().partition("\n## Documentation\n")[2].partition("\n## ")[0]
+    assert [p for p in pages if f"]({p})" not in table] == []
 
 
 def test_readme_has_commands():
