@@ -19,6 +19,7 @@ from ..student.config import META_FILE
 from ..student.predict import TrainedStudent, load_trained_student
 
 QUANTIZE_CHOICES = ("int8",)
+MODEL_FILES = ("config.json", "adapter_config.json")  # a plain student, LoRA adapters
 
 
 def run_name(path: str | Path) -> str:
@@ -28,15 +29,18 @@ def run_name(path: str | Path) -> str:
 
 
 def find_model_folder(path: str | Path) -> Path:
-    """The folder holding the saved student: ``path`` itself (an export, a model/ folder) or ``path/model`` (a run)."""
+    """The folder holding the saved student: ``path`` itself (an export, a model/ folder) or ``path/model`` (a run).
+
+    A saved student is the meta file beside a transformers config or LoRA adapters (whose base
+    ``load_trained_student`` finds through the meta file's ``lora.base_model``)."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: no such folder")
     for candidate in (path, path / "model"):
-        if (candidate / META_FILE).is_file() and (candidate / "config.json").is_file():
+        if (candidate / META_FILE).is_file() and any((candidate / name).is_file() for name in MODEL_FILES):
             return candidate
-    raise ValueError(f"{path}: not a run folder or exported student (no {META_FILE} and config.json in it "
-                     f"or in its model/ folder)")
+    raise ValueError(f"{path}: not a run folder or exported student (no {META_FILE} beside config.json or "
+                     f"adapter_config.json (LoRA) in it or in its model/ folder)")
 
 
 def merge_lora(model: Any) -> tuple[Any, bool]:
