@@ -77,6 +77,7 @@ class StudentService:
                 "labels": None if task.free_form else list(task.labels), "free_form": task.free_form,
                 "input_fields": list(task.input_fields), "method": meta.get("method"),
                 "quantize": meta.get("quantize"),
+                "runtime": "onnxruntime" if meta.get("format") == "onnx" else "pytorch",
                 "max_batch_size": self.batcher.max_batch_size, "max_wait_ms": self.batcher.max_wait * 1000,
                 "max_inputs": self.max_inputs,
                 "batches": {"count": stats.batches, "items": stats.items, "largest": stats.largest_batch}}
