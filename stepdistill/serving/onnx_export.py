@@ -166,13 +166,17 @@ def quantize_graphs(source: Path, out: Path, graphs: dict[str, str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source, out = source.resolve(), out.resolve()
     with tempfile.TemporaryDirectory(dir=out, prefix=".int8-") as scratch, _quiet_exporter():
         for name, file in graphs.items():
             fp32 = source / file
             large = any(source.glob(f"{file}*.data")) or fp32.stat().st_size > SINGLE_FILE_LIMIT
             prepared = Path(scratch) / file
             try:
-                quant_pre_process(str(fp32), str(prepared), save_as_external_data=large)
+                # auto_merge: the warm-started BERT pair's decoder needs it for its shapes to be inferred; the
+                # working directory is the scratch folder because a failed inference saves a copy of the graph there
+                with contextlib.chdir(scratch):
+                    quant_pre_process(str(fp32), str(prepared), auto_merge=True, save_as_external_data=large)
             except Exception:  # pre-processing only helps; a graph its shape inference cannot read quantises as is
                 prepared = fp32
             quantize_dynamic(str(prepared), str(out / file), weight_type=QuantType.QInt8,
