@@ -2,11 +2,15 @@
 
 Rows (each measured in its own subprocess, so peak memory is its own):
   - student via `predict` (fp32, and with --int8 also dynamic int8 at load time), batch 1 and batch 64;
+  - with --onnx, the student exported to ONNX (`export --format onnx`, fp32 and onnxruntime's int8) and run by
+    `predict` through onnxruntime, batch 1 and batch 64 (the exports are written under --work-dir);
   - student via `stepdistill serve` (a separate server process) under --clients concurrent loopback clients, each
     sending one input per request (dynamic batching gathers them), then requests of 64 inputs;
   - the local HF teacher (`HFTeacher`) writing its few-shot chain of thought, batch 1 and batch 64.
 Figures: examples/s, p50/p95 latency of one call (one request for serve), accuracy against gold on the examples,
-model size on disk, peak RSS (for serve: the server process's VmHWM). The table ends with student/teacher ratios.
+model size on disk, the resident memory that loading the student and one batch of 64 adds ("loaded"), peak RSS
+(mostly torch and the data; for serve: the server process's VmHWM), and how many labels equal fp32 `predict`'s.
+The table ends with student/teacher ratios, and with --onnx the ONNX rows against the PyTorch fp32 row.
 
 The default teacher is a randomly initialised tiny Llama (4 layers, 256 wide) with a BPE tokenizer trained here on
 the prompt text: it measures what generating the chain of thought costs (the few-shot prompt plus up to
@@ -16,6 +20,7 @@ module exists.
 
     python experiments/bench_inference.py --run-dir runs/esnli_sbs --data-dir ../shared/data --int8
     python experiments/bench_inference.py --run-dir runs/esnli_sbs --examples 128 --teacher-examples 16 --clients 8
+    python experiments/bench_inference.py --run-dir runs/esnli_sbs --int8 --onnx --skip serve teacher
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """The resident memory now (VmRSS), for what loading the student adds (the peak is mostly torch and the data)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
 def load_examples(args) -> tuple[object, list[dict]]:
     from stepdistill.data import load_task_data
 
@@ -64,6 +75,10 @@ def accuracy(task, predictions: list[str | None], records: list[dict]) -> float:
 
 # -- measurements, each run in a child process ------------------------------------------------------------------
 
+def onnx_folder(args, quantize: bool) -> Path:
+    return Path(args.work_dir) / ("onnx-int8" if quantize else "onnx-fp32")
+
+
 def measure_student(args) -> dict:
     import io
 
@@ -73,9 +88,16 @@ def measure_student(args) -> dict:
     from stepdistill.student.predict import predict
 
     task, records = load_examples(args)
-    student = load_for_serving(args.run_dir, quantize="int8" if args.measure == "student-int8" else None)
     inputs = [r["fields"] for r in records]
-    predict(student, inputs[:2])  # warm-up
+    before = rss_mb()
+    if args.measure.startswith("onnx"):
+        folder = onnx_folder(args, args.measure == "onnx-int8")
+        student = load_for_serving(folder)
+    else:
+        folder = find_model_folder(args.run_dir)
+        student = load_for_serving(args.run_dir, quantize="int8" if args.measure == "student-int8" else None)
+    predict(student, inputs[:64], batch_size=64)  # warm-up (a full batch: the allocators reach their working size)
+    loaded_mb = rss_mb() - before
     single = []
     for item in inputs[: args.batch1_examples]:
         start = time.perf_counter()
@@ -86,13 +108,17 @@ def measure_student(args) -> dict:
         start = time.perf_counter()
         predictions += [row["prediction"] for row in predict(student, inputs[offset:offset + 64], batch_size=64)]
         batched.append(time.perf_counter() - start)
-    buffer = io.BytesIO()
-    torch.save(student.model.state_dict(), buffer)  # int8: the packed weights a quantised model holds
+    if args.measure.startswith("onnx"):  # the graphs hold the weights: their files are what is loaded
+        weights_mb = sum(f.stat().st_size for f in folder.iterdir() if ".onnx" in f.name) / 1e6
+    else:
+        buffer = io.BytesIO()
+        torch.save(student.model.state_dict(), buffer)  # int8: the packed weights a quantised model holds
+        weights_mb = len(buffer.getvalue()) / 1e6
     return {"b1_ex_s": len(single) / sum(single), **{f"b1_{k}": v for k, v in latency_ms(single).items()},
             "b64_ex_s": len(inputs) / sum(batched), **{f"b64_{k}": v for k, v in latency_ms(batched).items()},
             "accuracy": accuracy(task, predictions, records), "examples": len(inputs), "predictions": predictions,
-            "disk_mb": folder_mb(find_model_folder(args.run_dir)), "weights_mb": len(buffer.getvalue()) / 1e6,
-            "peak_rss_mb": peak_rss_mb()}
+            "disk_mb": folder_mb(folder), "weights_mb": weights_mb, "loaded_mb": loaded_mb,
+            "peak_rss_mb": peak_rss_mb(), "cpu_s": time.process_time()}
 
 
 async def _clients(url: str, bodies: list[dict], clients: int) -> tuple[list[float], list[dict]]:
@@ -213,8 +239,25 @@ def measure_teacher(args) -> dict:
             "new_tokens": statistics.mean(r.completion_tokens for r in replies)}
 
 
-MEASURES = {"student": measure_student, "student-int8": measure_student, "serve": measure_serve,
-            "teacher": measure_teacher}
+MEASURES = {"student": measure_student, "student-int8": measure_student, "onnx": measure_student,
+            "onnx-int8": measure_student, "serve": measure_serve, "teacher": measure_teacher}
+
+
+def export_onnx(args) -> None:
+    """The fp32 ONNX export of --run-dir and its int8 copy, under --work-dir (rewritten on every run)."""
+    from stepdistill.serving.export import export_student
+
+    fp32, int8 = onnx_folder(args, False), onnx_folder(args, True)
+    for folder in (fp32, int8):
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+    start = time.perf_counter()
+    export_student(args.run_dir, fp32, format="onnx")
+    export_student(fp32, int8, format="onnx", quantize="int8")
+    print(f"exported ONNX fp32 and int8 under {args.work_dir} in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr, flush=True)
 
 
 # -- driver ------------------------------------------------------------------------------------------------------
@@ -228,27 +271,38 @@ def run_child(measure: str, argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)  # None: not measured for this row (loaded MB of serve and the teacher)
+    return "" if value is None else value if isinstance(value, str) else \
+        f"{value:.3f}" if key == "accuracy" else f"{value:,.1f}"
+
+
+def _ratio_cells(row: dict, base: dict, keys: list[str]) -> list[str]:
+    # speed: row/base (higher is better for the row); latency, size, memory: base/row (higher is better too)
+    return ["" if k in ("accuracy", "same_label") or not row.get(k) or not base.get(k) else
+            f"{(row[k] / base[k]) if 'ex_s' in k else (base[k] / row[k]):.2f}x" for k in keys]
+
+
 def table(rows: dict[str, dict], clients: int) -> str:
-    names = {"student": "student predict", "student-int8": "student predict int8",
-             "serve": f"student serve x{clients} clients", "teacher": "teacher (HF, CoT)"}
+    names = {"student": "student predict", "student-int8": "student predict int8", "onnx": "student onnx",
+             "onnx-int8": "student onnx int8", "serve": f"student serve x{clients} clients",
+             "teacher": "teacher (HF, CoT)"}
     header = ["", "ex/s b1", "p50 b1 ms", "p95 b1 ms", "ex/s b64", "p50 b64 ms", "p95 b64 ms", "accuracy",
-              "disk MB", "weights MB", "peak RSS MB"]
-    keys = ["b1_ex_s", "b1_p50_ms", "b1_p95_ms", "b64_ex_s", "b64_p50_ms", "b64_p95_ms", "accuracy", "disk_mb",
-            "weights_mb", "peak_rss_mb"]
+              "same label", "disk MB", "weights MB", "loaded MB", "peak RSS MB"]
+    keys = ["b1_ex_s", "b1_p50_ms", "b1_p95_ms", "b64_ex_s", "b64_p50_ms", "b64_p95_ms", "accuracy", "same_label",
+            "disk_mb", "weights_mb", "loaded_mb", "peak_rss_mb"]
     for row in rows.values():  # in memory; serve loads what predict loads, a teacher's weights are its folder
         row.setdefault("weights_mb", rows.get("student", {}).get("weights_mb") if "accuracy" in row and
                        "prompt_tokens" not in row else row["disk_mb"])
     lines = [header]
     for measure, row in rows.items():
-        lines.append([names[measure]] + [f"{row[k]:.3f}" if k == "accuracy" else f"{row[k]:,.1f}" for k in keys])
+        lines.append([names[measure]] + [_cell(row, k) for k in keys])
+    if "student" in rows:
+        for measure in [m for m in rows if m.startswith("onnx")]:
+            lines.append([f"{names[measure]} vs student predict"] + _ratio_cells(rows[measure], rows["student"], keys))
     if "teacher" in rows:
-        teacher = rows["teacher"]
         for measure in [m for m in rows if m != "teacher"]:
-            row = rows[measure]
-            # speed: student/teacher (higher is better); latency, size, memory: teacher/student (higher is better)
-            lines.append([f"{names[measure]} vs teacher"] + [
-                "" if k == "accuracy" else f"{(row[k] / teacher[k]) if 'ex_s' in k else (teacher[k] / row[k]):.1f}x"
-                for k in keys])
+            lines.append([f"{names[measure]} vs teacher"] + _ratio_cells(rows[measure], rows["teacher"], keys))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
                      for line in lines)
@@ -264,6 +318,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent loopback clients for serve")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="serve's batching wait")
     parser.add_argument("--int8", action="store_true", help="also the student with int8 dynamic quantisation")
+    parser.add_argument("--onnx", action="store_true", help="also the student exported to ONNX (fp32 and int8) "
+                        "and run through onnxruntime")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["serve", "teacher"], help="rows to leave out")
     parser.add_argument("--teacher", default=TINY_TEACHER, help="tiny-llama, a causal LM folder, or a name for "
                         "stepdistill.pretrained.resolve_pretrained")
     parser.add_argument("--teacher-examples", type=int, default=64)
@@ -292,18 +349,24 @@ def main() -> None:
     except ValueError as error:
         raise SystemExit(f"error: --run-dir {error}") from None
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    argv = [arg for arg in sys.argv[1:] if arg != "--int8"]
+    if args.onnx:
+        export_onnx(args)
+    argv = [arg for arg in sys.argv[1:] if arg not in ("--int8", "--onnx")]
+    if "--skip" in argv:  # the children take no --skip (nor its values)
+        argv = argv[:argv.index("--skip")] + [a for a in argv[argv.index("--skip") + 1 + len(args.skip):]]
+    measures = (["student"] + (["student-int8"] if args.int8 else []) + (["onnx", "onnx-int8"] if args.onnx else [])
+                + [m for m in ("serve", "teacher") if m not in args.skip])
     rows = {}
-    for measure in ["student"] + (["student-int8"] if args.int8 else []) + ["serve", "teacher"]:
+    for measure in measures:
         rows[measure] = run_child(measure, argv)
         print(f"{measure}: {json.dumps({k: v for k, v in rows[measure].items() if k != 'predictions'})}",
               file=sys.stderr, flush=True)
+    reference = rows["student"]["predictions"]
+    for measure, row in rows.items():
+        if "predictions" in row:
+            same = sum(a == b for a, b in zip(row.pop("predictions"), reference))
+            row["same_label"] = f"{same}/{len(reference)}"
     print(table(rows, args.clients))
-    reference = rows["student"].pop("predictions")
-    for measure in ("student-int8", "serve"):
-        if measure in rows:
-            same = sum(a == b for a, b in zip(rows[measure].pop("predictions"), reference))
-            print(f"{measure}: the same label as fp32 predict on {same}/{len(reference)} examples")
     (Path(args.work_dir) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 

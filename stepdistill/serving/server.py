@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 from typing import Any, Literal
 
@@ -21,6 +22,11 @@ log = logging.getLogger("stepdistill.serving")
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_INPUTS = 256
+MAX_JSON_DEPTH = 32  # a request needs 4 levels (a chat message's content parts); OpenAI extras a few more
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_OPENERS = frozenset(b"[{")
 
 
 class StudentService:
@@ -71,9 +77,28 @@ class StudentService:
                 "labels": None if task.free_form else list(task.labels), "free_form": task.free_form,
                 "input_fields": list(task.input_fields), "method": meta.get("method"),
                 "quantize": meta.get("quantize"),
+                "runtime": "onnxruntime" if meta.get("format") == "onnx" else "pytorch",
                 "max_batch_size": self.batcher.max_batch_size, "max_wait_ms": self.batcher.max_wait * 1000,
                 "max_inputs": self.max_inputs,
                 "batches": {"count": stats.batches, "items": stats.items, "largest": stats.largest_batch}}
+
+
+def nested_deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects more than ``limit`` deep (brackets inside strings do not count).
+
+    ``json.loads`` recurses once per level, so a body of 100,000 ``[`` under --max-body-bytes would end in a
+    RecursionError. The json module has no depth option, so the brackets are counted here: C-speed passes drop the
+    strings and everything but brackets, and the loop over what is left stops at the first level past ``limit``.
+    Text that is not valid JSON may count too deep, never too shallow for the prefix that the parser accepts.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", raw).translate(None, delete=_NOT_BRACKETS):
+        depth += 1 if byte in _OPENERS else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def _json(body: Any, status: int = 200):
@@ -96,8 +121,13 @@ async def _read_json(request) -> Any:
         raise RequestError(f"body: more than {limit} bytes (--max-body-bytes)", "body", 413)
     if not raw:
         raise RequestError("body: empty; send a JSON object", "body")
+    too_deep = RequestError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects", "body")
+    if nested_deeper_than(raw, MAX_JSON_DEPTH):
+        raise too_deep
     try:
         return json.loads(raw)
+    except RecursionError:  # not reached after the check above; kept so that no parse can end as a 500
+        raise too_deep from None
     except UnicodeDecodeError:
         raise RequestError("body: not UTF-8", "body") from None
     except json.JSONDecodeError as exc:

@@ -24,9 +24,17 @@ def _autocast(device, bf16: bool):
 
 @contextlib.contextmanager
 def _inference(model, bf16: bool):
-    """No gradients, eval mode (restored afterwards), optional bf16 autocast."""
+    """No gradients, eval mode (restored afterwards), optional bf16 autocast. A model that is not a torch module
+    (an ONNX export's sessions) has no modes to switch and runs as exported."""
     import torch
 
+    if not isinstance(model, torch.nn.Module):
+        if bf16:
+            raise ValueError("bf16 autocast applies to PyTorch students; an ONNX export runs as exported "
+                             "(fp32, or int8 with export --quantize int8)")
+        with torch.no_grad():
+            yield
+        return
     was_training = model.training
     model.eval()
     try:

@@ -130,6 +130,17 @@ class Seq2SeqFamily:
                                 max_length=max_input_length, return_tensors="pt").to(model.device)
                 yield batch, enc, self.prefix_ids(tokenizer, prefix)
 
+    @staticmethod
+    def encoder_states(model, input_ids, attention_mask):
+        """The encoder's last hidden states (an ONNX student runs its encoder graph here instead)."""
+        return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @staticmethod
+    def decoder_logits(model, encoder_states, attention_mask, decoder_input_ids):
+        """The decoder's logits at every position, reading the given encoder states."""
+        return model(encoder_outputs=(encoder_states,), attention_mask=attention_mask,
+                     decoder_input_ids=decoder_input_ids).logits
+
     def rank_scores(self, model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int,
                     max_input_length: int, normalization: str = "sum") -> list[list[float]]:
         """Log-likelihood of every candidate: the encoder runs ONCE per batch, its output is reused for every
@@ -140,7 +151,7 @@ class Seq2SeqFamily:
         target_ids = _target_table(tokenizer, choices)
         scores: list[list[float]] = [[] for _ in prompts]
         for batch, enc, prefix in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
-            hidden = model.get_encoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+            hidden = self.encoder_states(model, enc.input_ids, enc.attention_mask)
             rows = [(b, c) for b, i in enumerate(batch) for c in choices[i]]
             labels = torch.full((len(rows), max(len(target_ids[c]) for _, c in rows)), -100, dtype=torch.long)
             for r, (_, candidate) in enumerate(rows):
@@ -148,8 +159,7 @@ class Seq2SeqFamily:
             labels = labels.to(device)
             row_of = torch.tensor([b for b, _ in rows], device=device)
             decoder_ids, forced = self._decoder_inputs(model, labels, prefix)
-            logits = model(encoder_outputs=(hidden[row_of],), attention_mask=enc.attention_mask[row_of],
-                           decoder_input_ids=decoder_ids).logits[:, forced:]
+            logits = self.decoder_logits(model, hidden[row_of], enc.attention_mask[row_of], decoder_ids)[:, forced:]
             mask = labels.ne(-100)
             token_logprobs = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1))
             for (b, _), score in zip(rows, _candidate_scores(token_logprobs.squeeze(-1), mask, normalization)):

@@ -39,11 +39,13 @@ def _student_folder(path: Path) -> Path:
 def load_trained_student(path: str | Path, task: str | Task | None = None, device: str | None = None
                          ) -> TrainedStudent:
     """A student saved by training (``<run_dir>/model``, or the run folder itself), on ``device`` (default: the
-    GPU when there is one). LoRA students load their base model and then the saved adapters."""
+    GPU when there is one). LoRA students load their base model and then the saved adapters; an ONNX export
+    (``stepdistill export --format onnx``) loads as onnxruntime sessions (CPU)."""
     from transformers import AutoTokenizer
 
     from .lora import load_adapters
     from .models import load_student, prepare_causal_tokenizer
+    from .onnx_student import is_onnx_meta, load_onnx_model
     from .quiet import no_progress_bars
 
     path = _student_folder(Path(path))
@@ -54,6 +56,11 @@ def load_trained_student(path: str | Path, task: str | Task | None = None, devic
             raise ValueError(f"{path}: no {META_FILE} naming the task; pass the task explicitly")
         task = meta.get("task_reference") or meta["task"]  # the reference rebuilds spec and file.py:Class tasks
     lora = meta.get("lora")
+    if is_onnx_meta(meta):  # onnxruntime sessions on the CPU, whatever ``device`` says
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if meta.get("family") == "causal":
+            prepare_causal_tokenizer(tokenizer)
+        return TrainedStudent(load_onnx_model(path, meta), tokenizer, get_task(task), meta, path)
     if lora:
         base = lora["base_model"]
         base_path = path / base
@@ -103,7 +110,6 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
         else:
             records.append({"id": i, "input": str(item), "choices": None if task.free_form else task.choices({})})
     from .evaluate import predict_records, rank_normalization_for
-    from .families import PROMPT_SEPARATOR, family_of
 
     rows = predict_records(
         student.model, student.tokenizer, task, records,
@@ -111,10 +117,21 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
         batch_size=batch_size, max_input_length=meta.get("max_input_length", 512),
         max_target_length=meta.get("max_target_length", 256),
         label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales, bf16=bf16,
-        rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")),
-        family=family_of(student.model, meta.get("prompt_separator") or PROMPT_SEPARATOR,
-                         decoder_prefixes=(meta["label_prefix"], meta["rationale_prefix"])
-                         if meta.get("shared_encoder") else ()))
+        rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")), family=student_family(student))
     for record, row in zip(records, rows):
         row["input"] = record["input"]
     return rows
+
+
+def student_family(student: TrainedStudent):
+    """The family object that scores and generates for this student: from its meta file's separator and shared
+    encoder setting; an ONNX export's own (:mod:`.onnx_student`) for its sessions."""
+    from .families import PROMPT_SEPARATOR, family_of
+    from .onnx_student import OnnxStudentModel
+
+    meta = student.meta
+    separator = meta.get("prompt_separator") or PROMPT_SEPARATOR
+    prefixes = (meta["label_prefix"], meta["rationale_prefix"]) if meta.get("shared_encoder") else ()
+    if isinstance(student.model, OnnxStudentModel):
+        return student.model.family(separator, prefixes)
+    return family_of(student.model, separator, decoder_prefixes=prefixes)

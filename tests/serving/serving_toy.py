@@ -1,16 +1,23 @@
-"""A toy task (16 colours, warm or cold) and a loopback server in a background thread, for the serving tests."""
+"""A toy task (16 colours, warm or cold), the bundled sentiment example's data options and a loopback server in a
+background thread, for the serving tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
+from pathlib import Path
 
 from stepdistill.tasks import SpecTask
 
 TOY_SPEC = {"name": "toy-colors", "input_template": "the color is {text}", "labels": ["warm", "cold"]}
 WARM = ("red", "orange", "yellow", "pink", "gold", "amber", "crimson", "scarlet")
 COLD = ("blue", "green", "cyan", "teal", "navy", "azure", "indigo", "violet")
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+SENTIMENT_INPUTS = DATA / "sentiment_train.jsonl"  # the bundled example: 12 reviews, also the inputs tests predict
+SENTIMENT_DATA = ["--task", str(DATA / "sentiment_task.json"), "--source", "jsonl", "--files",
+                  f"{{train: {SENTIMENT_INPUTS}}}", "--teacher-field", "teacher"]  # `train`'s data options for it
 
 
 def toy_task() -> SpecTask:

@@ -86,7 +86,7 @@ def test_commands_fail_with_one_error_line(tmp_path):
     done = _cli("export", "--run-dir", str(tmp_path), "--out", str(tmp_path / "out"))
     assert done.returncode != 0
     assert done.stderr.strip() == (f"error: {tmp_path}: not a run folder or exported student (no stepdistill.json "
-                                   f"and config.json in it or in its model/ folder)")
+                                   f"beside config.json or adapter_config.json (LoRA) in it or in its model/ folder)")
 
 
 def test_serve_command_serves_an_export(exported, tmp_path):

@@ -157,3 +157,25 @@ def test_openai_client_switches_to_the_student_by_base_url(server, student):
     assert [model.id for model in client.models.list()] == ["toy-run"]
     with pytest.raises(openai.BadRequestError, match="stream: streaming is not supported"):
         client.completions.create(model="anything", prompt="the color is red", stream=True)
+
+
+def test_deeply_nested_bodies_get_400_on_every_route(student):
+    """100,000 nested arrays (under --max-body-bytes) would overflow json's recursion: a 400 naming the body."""
+    service = StudentService(student, "toy-run", max_wait_ms=1)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = {"/predict": b'{"inputs": ' + deep + b"}", "/v1/completions": b'{"prompt": ' + deep + b"}",
+              "/v1/chat/completions": b'{"messages": [{"role": "user", "content": ' + deep + b"}]}"}
+    message = "body: JSON nested deeper than 32 levels of arrays and objects"
+    with loopback_server(create_app(service, max_body_bytes=1_048_576)) as url:
+        for route, body in bodies.items():
+            [(status, reply)] = asyncio.run(_post_all(url + route, [body]))
+            assert (status, reply) == (400, {"error": {"message": message, "type": "invalid_request_error",
+                                                       "param": "body", "code": 400}}), route
+        # 33 levels are refused, 32 reach the ordinary checks; brackets inside a string are text, not nesting
+        replies = asyncio.run(_post_all(url + "/predict", [
+            b'{"inputs": ' + b"[" * 32 + b"]" * 32 + b"}", b'{"inputs": ' + b"[" * 31 + b"]" * 31 + b"}",
+            {"inputs": ["the color is red" + "[" * 1000]}, {"inputs": ["the color is gold"]}]))
+        assert [(status, body.get("error", {}).get("message")) for status, body in replies[:2]] == [
+            (400, message), (400, "inputs[0]: must be an object with the task's fields or a string, got list")]
+        assert [status for status, _ in replies[2:]] == [200, 200]
+        assert replies[3][1]["predictions"][0]["prediction"] == "warm"  # still serving, and right
