@@ -88,6 +88,10 @@ class Teacher:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         return None
 
+    def attach_cache(self, cache_path: Path, cached: dict[str, dict[str, Any]]) -> None:
+        """Called by the generator before any request, with its cache and the records in it (by key); a teacher
+        that keeps state beside the cache (the Batch API teacher's submitted batches) reads it here."""
+
     async def generate(self, prompts: list[str], ids: list[str], params: GenerationParams) -> list[Reply]:
         raise NotImplementedError
 
