@@ -39,7 +39,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         limit: Only the first N examples (after sharding).
         shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
             ``--merge``).
-        concurrency: Requests in flight at once (API teacher).
+        concurrency: Requests in flight at once (API teacher; Batch API teacher: batches of up to
+            --batch-max-requests each).
         prompt: Few-shot template file (default: the task's built-in template).
         max_new_tokens: Token limit per answer.
         temperature: Sampling temperature (0 = greedy).

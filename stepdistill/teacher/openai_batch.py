@@ -57,7 +57,7 @@ class _StandIn:
         self.answer = answer
         self.request: tuple[str, dict[str, Any]] | None = None
 
-    async def post(self, path: str, *, body: dict[str, Any], cast_to: Any) -> Any:
+    async def post(self, path: str, *, body: dict[str, Any], cast_to: Any, **_: Any) -> Any:
         self.request = (path, body)
         if self.answer is None:
             raise _Built
@@ -144,7 +144,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
                              "the cache)")
         key_params = self.key_params(params)
         keys = [cache_key(str(i), prompt_hash(p), self.model_id, key_params) for p, i in zip(prompts, ids)]
-        lines = {key: await self._request_line(key, prompt, params) for key, prompt in zip(keys, prompts)}
+        prompt_of = dict(zip(keys, prompts))
         errors = {key: [] for key in keys}  # reasons of each example's failed rounds
         replies: dict[str, Reply] = {}
 
@@ -169,7 +169,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 await submit(again)
 
         async def submit(wanted: list[str]) -> None:
-            submissions = await self._submit(wanted, lines, errors, replies)
+            submissions = await self._submit(wanted, prompt_of, params, errors, replies)
             await asyncio.gather(*(settle(submission, part) for submission, part in submissions))
 
         by_submission: dict[str, tuple[Submission, list[str]]] = {}
@@ -216,8 +216,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
                                 f"{type(exc).__name__}: {self._redact(str(exc))[:300]}") from None
 
     # -- submitting ----------------------------------------------------------------------------------------------
-    async def _submit(self, keys, lines, errors, replies) -> list[tuple[Submission, list[str]]]:
+    async def _submit(self, keys, prompt_of, params, errors, replies) -> list[tuple[Submission, list[str]]]:
         """Upload ``keys`` in files within the limits and create a batch for each, recording both first."""
+        # built here, dropped once uploaded (a re-queue builds them again): chunks in flight hold prompts only
+        lines = {key: await self._request_line(key, prompt_of[key], params) for key in keys}
         files: list[list[str]] = []
         size = 0
         for key in keys:
@@ -289,6 +291,8 @@ class OpenAIBatchTeacher(OpenAITeacher):
 
     async def _adopt(self, submission: Submission) -> bool:
         """Find a batch made from ``submission``'s input file in the API's batch list (newest first)."""
+        import openai
+
         client = self._api_client()
         self.calls["list"] += 1
         try:
@@ -300,8 +304,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
                     return True
                 if batch.created_at < submission.uploaded_at - 600:  # older than our file (10 min of clock skew)
                     return False
-        except Exception as exc:  # noqa: BLE001 - the lookup is a precaution; the caller decides what to do next
-            self._say(f"listing batches failed ({type(exc).__name__}); creating one")
+        except openai.APIError as exc:  # not knowing, creating a batch might pay twice: stop instead
+            raise BatchAPIError(f"Batch API: could not check whether input file {submission.input_file_id} already "
+                                f"has a batch (listing batches failed: {self._redact(str(exc))[:300]}); run the same "
+                                "command again") from None
         return False
 
     # -- polling and reading --------------------------------------------------------------------------------------
@@ -320,15 +326,16 @@ class OpenAIBatchTeacher(OpenAITeacher):
             self.calls["resume"] += 1
             self._say(f"batch {submission.batch_id}: resuming ({len(submission.custom_ids):,} requests, submitted "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(submission.uploaded_at))})")
-        client, failures, shown, started = self._api_client(), 0, None, time.monotonic()
+        client, failures, shown = self._api_client(), 0, None
         while True:
             self.calls["poll"] += 1
             try:
                 batch = await client.batches.retrieve(submission.batch_id)
             except openai.APIStatusError as exc:
                 if exc.status_code in (401, 403, 404):
-                    raise TeacherFatalError(f"{self!r}: batch {submission.batch_id}: "
-                                            f"{self._redact(str(exc))}") from None
+                    raise TeacherFatalError(
+                        f"{self!r}: batch {submission.batch_id}: {self._redact(str(exc))} (a batch of another account "
+                        f"or base URL? then move {self._log.path} away to submit its examples anew)") from None
                 failures, failure = failures + 1, str(exc)
             except openai.APIError as exc:
                 failures, failure = failures + 1, f"{type(exc).__name__}: {exc}"
@@ -339,7 +346,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 if now != shown:
                     shown = now
                     self._say(f"batch {batch.id}: {now[0]}, {now[1]:,}/{len(submission.custom_ids):,} done, "
-                              f"{now[2]:,} failed ({time.monotonic() - started:.0f}s)")
+                              f"{now[2]:,} failed ({max(0.0, time.time() - batch.created_at):.0f}s since created)")
                 if batch.status in ENDED:
                     break
             if failures >= self.max_attempts:

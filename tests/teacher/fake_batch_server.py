@@ -39,6 +39,7 @@ class BatchScript:
     expire: set[str] = field(default_factory=set)
     end_status: dict[int, str] = field(default_factory=dict)  # batch number (1, 2, ...) -> "cancelled" or "failed"
     lose_create_answer: set[int] = field(default_factory=set)  # batch numbers created but answered with a 500
+    list_status: int | None = None  # answer every batch list with this HTTP error status
 
 
 class FakeBatchServer(FakeOpenAIServer):
@@ -163,6 +164,8 @@ class FakeBatchServer(FakeOpenAIServer):
                             self._send(200, stored["content"], {"Content-Type": "application/octet-stream"})
                     elif method == "POST" and path == "/batches":
                         self._create()
+                    elif method == "GET" and path == "/batches" and server.batch_script.list_status:
+                        self._error(server.batch_script.list_status, "listing failed (scripted)")
                     elif method == "GET" and path == "/batches":
                         self._list(parse_qs(url.query))
                     elif method == "GET" and path.startswith("/batches/"):

@@ -196,6 +196,21 @@ def test_a_created_batch_whose_id_was_not_recorded_is_found_not_made_again(batch
     assert [r["raw_output"] for r in again.records] == [r["raw_output"] for r in result.records]
 
 
+def test_when_it_cannot_tell_whether_a_batch_exists_it_stops_instead_of_creating_another(batch_server, tmp_path):
+    from stepdistill.teacher.openai_batch import BatchAPIError
+
+    server = batch_server(lose_create_answer={1}, list_status=500)
+    path = tmp_path / "c.jsonl"
+    with pytest.raises(BatchAPIError, match=r"^Batch API: could not check whether input file file-1 already has a "
+                                            r"batch \(listing batches failed: Error code: 500 - listing failed "
+                                            r"\(scripted\)\); run the same command again$"):
+        _batch(server, path, nli_examples(2), max_attempts=2)
+    assert len(server.batches) == 1 and server.count("GET", "/v1/batches") == 2  # the client retried the list once
+    server.batch_script.list_status = None
+    result, teacher = _batch(server, path, nli_examples(2))  # the rerun finds the batch
+    assert len(server.batches) == 1 and teacher.calls["resume"] == 1 and result.summary.ok == 2
+
+
 def test_retry_failed_sends_a_failed_example_again_once(batch_server, tmp_path):
     server = batch_server(Script(faults={"0": ["500"]}))
     path = tmp_path / "c.jsonl"
