@@ -47,10 +47,12 @@ def _commands() -> dict:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """The project's error types for bad input; anything else is a bug and keeps its traceback."""
     from .data import DataError
+    from .locks import LockHeldError
     from .teacher.teachers import TeacherFatalError
 
-    # ValueError: bad option values and specs (TrainConfig, get_task, presets, subsample) raise it with a message
-    return DataError, TeacherFatalError, ValueError, FileNotFoundError, NotADirectoryError
+    # ValueError: bad option values and specs (TrainConfig, get_task, presets, subsample) raise it with a message;
+    # LockHeldError: a second sweep or generate on a folder or cache in use
+    return DataError, TeacherFatalError, ValueError, FileNotFoundError, NotADirectoryError, LockHeldError
 
 
 class _OneLineErrors(ArgumentParser):

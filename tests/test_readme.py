@@ -11,7 +11,8 @@ A command that needs what CI lacks carries a trailing mark, `# needs: hub`, `# n
 (placeholder paths to your files), `# needs: install` (creates a virtual environment), `# needs: suite` (runs
 the test suite) or `# needs: server` (runs until stopped): it is skipped with that reason. `# needs: pretrained`
 and `# needs: smollm2` commands run where that optional extra is installed and are skipped elsewhere.
-`# needs: api` commands run against the loopback server of tests/teacher/fake_server.py.
+`# needs: api` commands run against the loopback server of tests/teacher/fake_batch_server.py (fake_server.py's, plus
+the Batch API's endpoints).
 """
 
 from __future__ import annotations
@@ -178,9 +179,9 @@ def workdir(tmp_path_factory, shared_data_dir) -> Path:
 @pytest.fixture(scope="module")
 def api_server():
     sys.path.insert(0, str(REPO_ROOT / "tests" / "teacher"))
-    from fake_server import FakeOpenAIServer
+    from fake_batch_server import FakeBatchServer  # fake_server.py's server plus the Batch API (openai-batch:)
 
-    with FakeOpenAIServer() as server:
+    with FakeBatchServer() as server:
         yield server
 
 

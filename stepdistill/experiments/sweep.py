@@ -12,11 +12,11 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..locks import exclusive_lock
 from ..tasks import Task, get_task
 from .presets import METHODS, Preset
 
@@ -79,33 +79,12 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 LOCK_FILE = "sweep.lock"
 
 
-@contextmanager
 def _lock_sweep(out_dir: Path):
     """An exclusive lock on the sweep folder: a second sweep there would restart the first one's runs.
 
     The lock file is removed when the sweep ends, also by an exception (issue 15); after a SIGKILL it stays but is
     unlocked, so the next sweep takes it over."""
-    import fcntl
-
-    path = out_dir / LOCK_FILE
-    while True:
-        handle = open(path, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise RuntimeError(f"{out_dir}: another sweep is running in this folder ({LOCK_FILE} is held)") from None
-        try:  # the file we locked may have been removed by a sweep that just ended: lock the current one instead
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield handle
-    finally:
-        path.unlink(missing_ok=True)  # while still locked, so no other sweep can hold this file meanwhile
-        handle.close()
+    return exclusive_lock(out_dir / LOCK_FILE, f"{out_dir}: another sweep is running in this folder")
 
 
 def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:

@@ -17,8 +17,9 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                      requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
                      prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
                      dtype: str = "auto", prompt_format: str = "auto", system_prompt: str | None = None,
-                     filter_gold: bool = False, retry_failed: bool = False, merge: str | None = None,
-                     summary_json: str | None = None, progress: bool = True) -> None:
+                     batch_poll_interval: float = 60.0, batch_max_rounds: int = 3, batch_max_requests: int = 50_000,
+                     batch_max_bytes: int = 200_000_000, filter_gold: bool = False, retry_failed: bool = False,
+                     merge: str | None = None, summary_json: str | None = None, progress: bool = True) -> None:
     """Ask a teacher for a rationale and label per example, resumably (flat names work: --task, --data-dir).
 
     A rerun sends nothing for cached work.
@@ -29,14 +30,17 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
 
     Args:
         data: Where the examples come from (the same options as ``stepdistill data``).
-        teacher: ``openai:MODEL`` (any OpenAI-compatible server), ``hf:PATH`` (local causal LM) or ``replay:DIR``
-            (released outputs: a ../shared/data-style folder or the official datasets/ layout).
+        teacher: ``openai:MODEL`` (any OpenAI-compatible server), ``openai-batch:MODEL`` (the OpenAI Batch API: the
+            same requests, answered within 24 hours at half the price; a killed run resumes its batches),
+            ``hf:PATH`` (local causal LM) or ``replay:DIR`` (released outputs: a ../shared/data-style folder or the
+            official datasets/ layout).
         out: The JSON Lines cache to write (appended to; one record per example).
         split: Split to generate for.
         limit: Only the first N examples (after sharding).
         shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
             ``--merge``).
-        concurrency: Requests in flight at once (API teacher).
+        concurrency: Requests in flight at once (API teacher; Batch API teacher: batches of up to
+            --batch-max-requests each).
         prompt: Few-shot template file (default: the task's built-in template).
         max_new_tokens: Token limit per answer.
         temperature: Sampling temperature (0 = greedy).
@@ -47,7 +51,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         base_url: API base URL (default: $OPENAI_BASE_URL, else OpenAI's).
         api_key: API key (default and preferred: $OPENAI_API_KEY). Never written anywhere.
         timeout: Seconds per request attempt.
-        max_attempts: Attempts per request before the example is recorded as failed.
+        max_attempts: Attempts per request before the example is recorded as failed (Batch API: per API call, before
+            the run stops; rerun to resume).
         requests_per_minute: Client-side request-rate limit.
         tokens_per_minute: Client-side token-rate limit.
         prices: USD per million tokens by model, ``{model: [input, output]}`` (adds to the built-in table).
@@ -56,6 +61,11 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         dtype: Local model weights: auto (bfloat16 on cuda, else float32), float32, bfloat16, float16.
         prompt_format: Local model prompt: auto (the chat template when the tokenizer has one), chat or raw.
         system_prompt: Local chat models: a system message put before the few-shot turns.
+        batch_poll_interval: Batch API: seconds between polls of a running batch.
+        batch_max_rounds: Batch API: batches an example may go through (an expired, cancelled or failed batch
+            re-queues what did not come back) before it is recorded as failed.
+        batch_max_requests: Batch API: requests per batch (the API's limit: 50,000).
+        batch_max_bytes: Batch API: bytes per batch input file (the API's limit: 200 MB).
         filter_gold: Drop rationales whose label disagrees with the gold label (counted in the summary).
         retry_failed: Ask again for examples whose cached record is a request failure.
         merge: Instead of generating, merge these caches (a glob such as ``'shards/*.jsonl'``, or comma-separated
@@ -65,7 +75,9 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
     """
     from ..data import DataError
     from ..options import load_data
+    from ..locks import LockHeldError
     from .generator import CacheError, RationaleGenerator, format_summary, merge_caches
+    from .openai_batch import BatchAPIError
     from .teachers import GenerationParams, TeacherFatalError, make_teacher
 
     if merge:
@@ -75,7 +87,7 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             raise SystemExit(f"error: no such cache file: {', '.join(missing)}")
         try:
             stats = merge_caches(paths, out)
-        except CacheError as exc:
+        except (CacheError, LockHeldError) as exc:
             raise SystemExit(f"error: {exc}") from None
         print(f"merged {stats['files']} caches into {out}: {stats['records']:,} records "
               f"({stats.get('duplicates', 0):,} duplicates dropped)")
@@ -83,11 +95,14 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
 
     options = {}
     kind = teacher.partition(":")[0]
-    if kind == "openai":
+    if kind in ("openai", "openai-batch"):
         options = dict(base_url=base_url, api_key=api_key, endpoint=endpoint, timeout=timeout,
-                       max_attempts=max_attempts, requests_per_minute=requests_per_minute,
-                       tokens_per_minute=tokens_per_minute,
-                       prices={model: tuple(price) for model, price in (prices or {}).items()})
+                       max_attempts=max_attempts, prices={model: tuple(price) for model, price in (prices or {}).items()})
+        if kind == "openai":
+            options.update(requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute)
+        else:
+            options.update(poll_interval=batch_poll_interval, max_rounds=batch_max_rounds,
+                           max_requests=batch_max_requests, max_bytes=batch_max_bytes, progress=progress)
     elif kind == "hf":
         options = dict(device=device, batch_size=batch_size, dtype=dtype, prompt_format=prompt_format,
                        system_prompt=system_prompt)
@@ -100,11 +115,13 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                                        concurrency=concurrency, filter_gold=filter_gold, retry_failed=retry_failed,
                                        shard=shard, progress=progress)
         result = generator.run(examples, limit=limit)
-    except (DataError, CacheError, ValueError) as exc:
+    except (DataError, CacheError, ValueError, LockHeldError, BatchAPIError) as exc:
         raise SystemExit(f"error: {exc}") from None
     except TeacherFatalError as exc:
         raise SystemExit(f"error: the teacher refused every request: {exc}") from None
     print(format_summary(result.summary))
+    if teacher_obj.kind == "openai-batch":
+        print(teacher_obj.summary_line())
     print(f"records: {out}")
     if summary_json:
         Path(summary_json).write_text(json.dumps({"task": loaded.task.name, "split": split, "teacher": teacher_obj.model_id,

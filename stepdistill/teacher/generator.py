@@ -16,7 +16,7 @@ One record per example, keyed by (example id, prompt hash, teacher model, genera
 Crash safety: a single writer task appends records (flush + fsync), so lines never interleave and a SIGKILL leaves
 at most one partial final line, which the next run detects and drops. Each worker waits until its record is on
 disk before taking more work, so a crash loses at most the in-flight requests. A rerun sends nothing for keys
-already in the cache.
+already in the cache. One process writes a cache at a time (``CACHE.lock``, see :func:`lock_cache`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import jsonlines
 
+from ..locks import exclusive_lock
 from ..rationales import CacheError, attach_rationales, index_by_key, load_rationales, read_cache  # noqa: F401
 from ..tasks import Task, get_task
 from .prompts import PromptTemplate, load_template, template_for_task
@@ -44,6 +45,19 @@ STATUSES = ("ok", "parse_error", "failed", "filtered")
 # -- cache files (read by the data layer's one reader; this module appends and merges) ----------------------------
 
 _index = index_by_key
+
+
+def lock_cache(cache: str | Path):
+    """One writer per cache: a second ``generate`` (or ``--merge``) on it stops at once, naming the holder.
+
+    Two processes on one cache would request, pay for and record the same examples twice. The lock file
+    ``CACHE.lock`` sits next to the cache; the OS releases it when its process dies, so a SIGKILL leaves no stale lock.
+    """
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(cache.with_name(cache.name + ".lock"),
+                          f"{cache}: another process is writing this cache; wait for it to end, or split the work "
+                          "with --shard i/n (each shard writes its own --out)")
 
 
 def merge_caches(inputs: Iterable[str | Path], out: str | Path) -> dict[str, int]:
@@ -63,11 +77,11 @@ def merge_caches(inputs: Iterable[str | Path], out: str | Path) -> dict[str, int
                     continue
             merged[record["key"]] = record
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".merging")
-    with jsonlines.open(temporary, mode="w", compact=True) as writer:
-        writer.write_all(merged.values())
-    os.replace(temporary, out)
+    with lock_cache(out):
+        temporary = out.with_name(out.name + ".merging")
+        with jsonlines.open(temporary, mode="w", compact=True) as writer:
+            writer.write_all(merged.values())
+        os.replace(temporary, out)
     stats["records"] = len(merged)
     return dict(stats)
 
@@ -93,6 +107,10 @@ def shard_of(example_id: str, count: int) -> int:
 
 
 # -- records ---------------------------------------------------------------------------------------------------
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
 
 def cache_key(example_id: str, prompt_hash: str, model_id: str, params: dict[str, Any]) -> str:
     blob = json.dumps([example_id, prompt_hash, model_id, params], sort_keys=True, ensure_ascii=False)
@@ -282,15 +300,14 @@ class RationaleGenerator:
             if self.shard and shard_of(example_id, self.shard[1]) != self.shard[0]:
                 continue
             if self.template is None:
-                prompt, prompt_hash = None, "released"  # a recording: its prompt is the one it was made with
+                prompt, hashed = None, "released"  # a recording: its prompt is the one it was made with
             else:
                 try:
                     prompt = self.template.render(self.task.prompt_fields(fields))
                 except (KeyError, ValueError) as exc:
                     raise ValueError(f"example {example_id}: {exc}") from None
-                prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-            jobs.append(_Job(example_id, fields, gold, prompt, prompt_hash,
-                             cache_key(example_id, prompt_hash, model_id, key_params)))
+                hashed = prompt_hash(prompt)
+            jobs.append(_Job(example_id, fields, gold, prompt, hashed, cache_key(example_id, hashed, model_id, key_params)))
             if limit is not None and len(jobs) >= limit:
                 break
         return jobs
@@ -315,15 +332,20 @@ class RationaleGenerator:
         return asyncio.run(self.arun(examples, limit))
 
     async def arun(self, examples: Iterable[dict[str, Any]], limit: int | None = None) -> GenerationResult:
+        jobs = self.plan(examples, limit)
+        with lock_cache(self.cache_path):  # held until the cache is complete; released by any exit
+            return await self._generate(jobs)
+
+    async def _generate(self, jobs: list[_Job]) -> GenerationResult:
         from tqdm.auto import tqdm
 
         started = time.monotonic()
-        jobs = self.plan(examples, limit)
         records, partial = read_cache(self.cache_path)
         if partial:  # an interrupted write: drop it before appending
             with open(self.cache_path, "r+b") as handle:
                 handle.truncate(self.cache_path.stat().st_size - partial)
         cached = _index(records)
+        self.teacher.attach_cache(self.cache_path, cached)
         summary = Summary(examples=len(jobs), partial_line_dropped=bool(partial))
         todo = deque(job for job in jobs if job.key not in cached
                      or self.retry_failed and cached[job.key]["status"] == "failed")
@@ -339,7 +361,6 @@ class RationaleGenerator:
                             cost=f"${cost[0]:.4f}" if cost[1] else "n/a", refresh=False)
 
         show()
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         queue: asyncio.Queue = asyncio.Queue()
         handle = open(self.cache_path, "a", encoding="utf-8")
         writer = jsonlines.Writer(handle, compact=True, flush=True)

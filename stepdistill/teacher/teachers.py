@@ -88,6 +88,10 @@ class Teacher:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         return None
 
+    def attach_cache(self, cache_path: Path, cached: dict[str, dict[str, Any]]) -> None:
+        """Called by the generator before any request, with its cache and the records in it (by key); a teacher
+        that keeps state beside the cache (the Batch API teacher's submitted batches) reads it here."""
+
     async def generate(self, prompts: list[str], ids: list[str], params: GenerationParams) -> list[Reply]:
         raise NotImplementedError
 
@@ -406,23 +410,32 @@ class ReplayTeacher(Teacher):
 
 
 def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> Teacher:
-    """``openai:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's constructor.
+    """``openai:MODEL``, ``openai-batch:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's
+    constructor.
+
+    ``openai-batch:`` is the OpenAI Batch API (:mod:`stepdistill.teacher.openai_batch`): the same requests as
+    ``openai:``, answered within 24 hours at half the price.
 
     ``hf:`` takes a folder, a hub name or a short name of :mod:`stepdistill.pretrained` (``hf:smollm2-135m``);
     its options are HFTeacher's: device, batch_size, dtype, prompt_format, system_prompt.
     """
     kind, _, target = spec.partition(":")
     if not target:
-        raise ValueError(f"teacher {spec!r}: expected openai:MODEL, hf:PATH or replay:DIR")
+        raise ValueError(f"teacher {spec!r}: expected openai:MODEL, openai-batch:MODEL, hf:PATH or replay:DIR")
     if kind == "openai":
         return OpenAITeacher(target, **options)
+    if kind == "openai-batch":
+        from .openai_batch import OpenAIBatchTeacher
+
+        return OpenAIBatchTeacher(target, **options)
     if kind == "hf":
         from .hf_teacher import HFTeacher
 
         return HFTeacher(target, **options)  # a short name (hf:smollm2-135m) is resolved when the model loads
     if kind == "replay":
         return ReplayTeacher(target, task, split)
-    raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected openai:MODEL, hf:PATH or replay:DIR")
+    raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected openai:MODEL, openai-batch:MODEL, hf:PATH "
+                     "or replay:DIR")
 
 
 def __getattr__(name: str):
