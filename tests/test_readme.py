@@ -55,7 +55,8 @@ ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
          "curve": {"--seeds": "[0]"},
          "demo": {"--workers": "1", "--train-size": "48", "--valid-size": "8", "--test-size": "8",
                   "--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--seeds": "[0]"},
-         "generate-openai": {"--limit": "8"}}
+         "generate-openai": {"--limit": "8"},
+         "generate-openai-batch": {"--limit": "8", "--batch-poll-interval": "0.1"}}
 SKIPPED_MARKS = {"hub": "needs the Hugging Face hub", "gpu": "needs a GPU", "own-data": "needs your own files",
                  "install": "creates a virtual environment", "suite": "runs the whole test suite",
                  "server": "starts a server that runs until stopped (tests/serving runs it)"}
@@ -117,6 +118,8 @@ def _subcommand(argv: list[str]) -> str:
     sub = argv[0] if argv else ""
     if sub == "generate" and any(a.startswith("openai:") for a in argv):
         return "generate-openai"
+    if sub == "generate" and any(a.startswith("openai-batch:") for a in argv):
+        return "generate-openai-batch"
     return sub
 
 
