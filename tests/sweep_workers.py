@@ -22,3 +22,23 @@ def fake_train(task, train, valid, test, config, run_dir, extra=None):
     (run_dir / "results.json").write_text(json.dumps({
         "method": config.method, "label_source": config.label_source, "seed": config.seed,
         "test_accuracy": accuracy, "valid_accuracy": accuracy, "worker_pid": os.getpid(), **(extra or {})}))
+
+
+def fake_train_from_file(task, train, valid, test, config, run_dir, extra=None):
+    """``fake_train`` configured by ``<sweep folder>/../fake_train.json`` ({"markers", "sleep", "slow": {key: sleep}, "fail"}), not by the
+    environment: Ray workers keep the environment their cluster started with. Each marker file holds the run's start
+    and end times (did two runs overlap?)."""
+    settings = json.loads((Path(run_dir).parents[4] / "fake_train.json").read_text())
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = Path(settings["markers"]) / f"{os.getpid()}-{extra['run_key'].replace('/', '_')}"
+    started = time.time()
+    marker.write_text(f"{started}\n")
+    time.sleep(settings.get("slow", {}).get(extra["run_key"], settings.get("sleep", 0.2)))
+    marker.write_text(f"{started}\n{time.time()}\n")
+    if extra["run_key"] == settings.get("fail"):
+        raise ValueError(f"boom in {extra['run_key']}")
+    accuracy = len(train) / 1000 + config.seed / 100
+    (run_dir / "results.json").write_text(json.dumps({
+        "method": config.method, "label_source": config.label_source, "seed": config.seed,
+        "test_accuracy": accuracy, "valid_accuracy": accuracy, "worker_pid": os.getpid(), **(extra or {})}))

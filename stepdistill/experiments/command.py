@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ..options import DataOptions
 from ..tasks import get_task
+from .executors import check_executor
 from .presets import get_preset
 from .report import write_report
 from .sweep import run_sweep
@@ -17,7 +18,9 @@ from .sweep import run_sweep
 def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = None,
                   rationales: str | list[str] | None = None, methods: list[str] | None = None,
                   seeds: list[int] | None = None, fractions: list[float] | None = None, max_steps: int | None = None,
-                  valid_size: int | Literal["all"] | None = None, workers: int = 1, report_only: bool = False,
+                  valid_size: int | Literal["all"] | None = None, workers: int = 1,
+                  executor: Literal["process", "ray"] = "process", ray_address: str | None = None,
+                  gpus_per_run: float = 0.0, report_only: bool = False,
                   prices: dict[str, list[float]] | None = None, label_cost: float = 0.0,
                   spend_tokenizer: str | None = None) -> None:
     """Sweep fractions x methods x seeds and write a report folder (flat names work: --task, --data-dir).
@@ -38,6 +41,11 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
         valid_size: Validation subset (fixed, seed 0) instead of the preset's: a number of examples, or all.
         workers: Runs trained at once, each in its own process (on CPUs: about one per core; each uses the preset's
             torch threads, 1 when it sets none).
+        executor: Where the runs train: process (a process pool on this machine) or ray (each run a Ray task of the
+            preset's torch threads in CPUs, on the cluster at --ray-address or RAY_ADDRESS, else on a local cluster
+            of workers x threads CPUs; the output folder must be on storage all nodes share).
+        ray_address: The Ray cluster to run on (as ray.init's address, e.g. ray://head:10001); default RAY_ADDRESS.
+        gpus_per_run: GPUs each Ray task reserves (ray executor; fractions share a GPU, e.g. 0.5).
         report_only: Only rebuild the report from the finished runs; train nothing.
         prices: Teacher prices for the spend table and curve_spend.png, USD per million input and output tokens by
             model, e.g. '{palm-540b: [3.0, 15.0]}' (the shared data's teacher). Without: spend in teacher tokens.
@@ -50,6 +58,7 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
     from .spend import REPLAY_TEACHER, check_prices
 
     check_prices(prices, REPLAY_TEACHER)  # a ValueError: one error line (cli.py)
+    check_executor(executor, gpus_per_run)  # before the data loads
     if label_cost < 0:
         raise ValueError(f"--label-cost must be >= 0, got {label_cost}")
     task_obj = get_task(data.task) if data.task else None
@@ -73,7 +82,8 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
     out = Path(out_dir) if out_dir else Path("reports") / f"{task_obj.name}-{chosen.name}"
     started = time.perf_counter()
     if not report_only:
-        run_sweep(task_obj, loaded.splits, chosen, out, workers=workers, full_train_size=loaded.train_full_size)
+        run_sweep(task_obj, loaded.splits, chosen, out, workers=workers, full_train_size=loaded.train_full_size,
+                  executor=executor, ray_address=ray_address, gpus_per_run=gpus_per_run)
     report = write_report(task_obj, chosen, out, splits=loaded.splits, full_train_size=loaded.train_full_size,
                           valid_carved=loaded.valid_carved,
                           sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1),

@@ -13,6 +13,7 @@ report. Rerunning resumes both stages: cached rationales are not asked for again
     preset: cpu                       # the base preset (name or preset .json); `sweep` overrides its fields
     sweep: {methods: [standard-finetune, step-by-step-teacher], fractions: [0.001], seeds: [0, 1], max_steps: 100}
     out_dir: reports/esnli-exp        # default: reports/<file stem>
+    workers: 2                        # runs at once; executor: ray runs them as Ray tasks (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import DataOptions
+from .executors import check_executor
 from .presets import Preset, get_preset
 from .report import write_report
 from .sweep import run_sweep
@@ -53,6 +55,9 @@ class Experiment:
     sweep: dict[str, Any] = field(default_factory=dict)  # Preset fields that differ from the base preset
     out_dir: str | None = None
     workers: int = 1
+    executor: str = "process"  # or "ray" (as `curve --executor`)
+    ray_address: str | None = None  # default RAY_ADDRESS, else a local cluster
+    gpus_per_run: float = 0.0  # GPUs per Ray task
 
 
 def _build(cls, values: Any, where: str):
@@ -99,6 +104,7 @@ def load_experiment(path: str | Path) -> Experiment:
                          f"known: {', '.join(sorted(Preset.__dataclass_fields__))}")
     if not isinstance(experiment.workers, int) or experiment.workers < 1:
         raise ValueError(f"{path}: field 'workers': expected a positive integer, got {experiment.workers!r}")
+    check_executor(experiment.executor, experiment.gpus_per_run, label=lambda name: f"{path}: field '{name}'")
     if experiment.out_dir is None:
         experiment.out_dir = str(Path("reports") / path.stem)
     return experiment
@@ -164,7 +170,8 @@ def run_experiment(experiment: Experiment, echo=print) -> dict[str, Any]:
         data.splits["train"] = attach_rationales(data.splits["train"], load_rationales(cache))
     sweep_started = time.perf_counter()
     run_sweep(task, data.splits, preset, out_dir, echo=echo, workers=experiment.workers,
-              full_train_size=data.train_full_size)
+              full_train_size=data.train_full_size, executor=experiment.executor,
+              ray_address=experiment.ray_address, gpus_per_run=experiment.gpus_per_run)
     report = write_report(task, preset, out_dir, splits=data.splits, full_train_size=data.train_full_size,
                           valid_carved=data.valid_carved,
                           sweep_wall_s=round(time.perf_counter() - sweep_started, 1))

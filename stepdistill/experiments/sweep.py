@@ -93,7 +93,8 @@ def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
 
 def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, out_dir: str | os.PathLike,
               train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
-              workers: int = 1, full_train_size: int | None = None) -> list[dict]:
+              workers: int = 1, full_train_size: int | None = None, executor: str = "process",
+              ray_address: str | None = None, gpus_per_run: float = 0.0) -> list[dict]:
     """Train every planned run that has no finished folder yet; returns the results of all finished runs.
 
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
@@ -101,18 +102,22 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
     from train); default the task's public train size.
     ``train_fn`` defaults to :func:`stepdistill.student.trainer.run_training` with a progress callback.
     ``workers`` > 1 trains that many runs at once, each in its own process with ``preset.torch_threads`` threads
-    (1 when unset).
+    (1 when unset). ``executor`` "ray" trains every run as a Ray task of that many CPUs (and ``gpus_per_run``
+    GPUs) on the cluster at ``ray_address`` or ``RAY_ADDRESS``, else on a local cluster of ``workers`` x threads
+    CPUs (:mod:`.executors`).
     """
     from ..data import subsample
+    from .executors import check_executor, run_in_processes, run_on_ray
 
     if train_fn is None:
         train_fn = train_with_progress
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    check_executor(executor, gpus_per_run)
     task = get_task(task)
     preset = preset.for_task(task)
-    threads = preset.torch_threads or (1 if workers > 1 else None)
-    if threads and workers == 1:
+    threads = preset.torch_threads or (1 if workers > 1 or executor == "ray" else None)
+    if threads and workers == 1 and executor == "process":
         import torch
 
         torch.set_num_threads(threads)
@@ -125,7 +130,7 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
         plan = plan_runs(preset, task)
         done = sum(1 for spec in plan if (run_dir_for(out_dir, spec) / RESULTS_FILE).exists())
         echo(f"sweep {task.name}/{preset.name}: {len(plan)} runs, {done} already finished, output {out_dir}"
-             + (f", {workers} at a time" if workers > 1 else ""))
+             + (f", {workers} at a time" if workers > 1 else "") + (" on Ray" if executor == "ray" else ""))
 
         def start(index: int, spec: RunSpec) -> tuple:
             """Prepare the run's .partial folder and arguments; log its start."""
@@ -158,15 +163,26 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
             echo(f"    {spec.key}: test accuracy {results.get('test_accuracy')}, "
                  f"valid {results.get('valid_accuracy')}, {results['sweep_wall_s']:.1f} s")
 
+        def fail(spec: RunSpec, exc: BaseException) -> None:
+            error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            _log(out_dir, "failed", spec.key, os.getpid(), error)
+            echo(f"    {spec.key}: failed: {error}")
+
         pending = [(index, spec) for index, spec in enumerate(plan, start=1)
                    if not (run_dir_for(out_dir, spec) / RESULTS_FILE).exists()]
-        if workers == 1:
+        if executor == "ray":
+            run_on_ray(pending, start, finish, fail, train_fn, workers, threads, ray_address, gpus_per_run)
+        elif workers > 1:
+            run_in_processes(pending, start, finish, fail, train_fn, workers, threads)
+        else:
             for index, spec in pending:
                 args, extra, started = start(index, spec)
-                train_fn(*args, extra=extra)
+                try:
+                    train_fn(*args, extra=extra)
+                except Exception as exc:
+                    fail(spec, exc)
+                    raise
                 finish(spec, args[-1], extra, started)
-        else:
-            _run_parallel(pending, start, finish, train_fn, workers, threads)
     return load_results(out_dir)
 
 
@@ -177,52 +193,6 @@ def train_with_progress(*args, extra=None) -> dict:
 
     name = Path(args[5]).name.removesuffix(".partial")
     return run_training(*args, extra=extra, callbacks=[ProgressCallback(prefix=f"    {name}: ", bar=False)])
-
-
-def _init_worker(threads: int) -> None:
-    import sys
-
-    import torch
-
-    torch.set_num_threads(threads)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        # die with the sweep: an orphan would go on writing into a .partial folder that a resumed sweep restarts
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
-def _run_parallel(pending: list[tuple[int, RunSpec]], start: Callable, finish: Callable, train_fn: Callable,
-                  workers: int, threads: int) -> None:
-    """At most ``workers`` runs in flight, each in a spawned process; a run is finished (renamed, logged) by this
-    process as soon as it ends. On a failure the runs in flight still finish, then the error is raised."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    queue = list(pending)
-    in_flight: dict = {}
-    error: BaseException | None = None
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        while queue or in_flight:
-            while queue and error is None and len(in_flight) < workers:
-                index, spec = queue.pop(0)
-                args, extra, started = start(index, spec)
-                in_flight[pool.submit(train_fn, *args, extra=extra)] = (spec, args[-1], extra, started)
-            if not in_flight:
-                break
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                spec, partial, extra, started = in_flight.pop(future)
-                try:
-                    future.result()
-                except BaseException as exc:  # noqa: BLE001  (re-raised below, after the others finish)
-                    error = error or exc
-                    continue
-                finish(spec, partial, extra, started)
-    if error is not None:
-        raise error
 
 
 def eval_splits(splits: dict[str, list[dict]], preset: Preset) -> tuple[list[dict], list[dict], list[dict]]:

@@ -33,6 +33,7 @@ from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401
 from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
+from .sharding import rationale_inputs
 
 class LogAtCheckpoints(TrainerCallback):
     """Close the loss-logging window at every checkpoint, so the windows logged up to a checkpoint cover exactly its
@@ -74,6 +75,12 @@ class StepByStepTrainer(Trainer):
         self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
         self.eval_seconds = 0.0
         self._row_lengths: list[int] | None = None  # the train rows' lengths, for sort_micro_batches
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        from .sharding import use_fsdp_on_cpu
+
+        use_fsdp_on_cpu(self)  # accelerate would run --fsdp as DDP on CPUs
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -128,10 +135,12 @@ class StepByStepTrainer(Trainer):
             label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
                                                       inputs["labels"])
             rationale_sum, rationale_tokens = label_sum.new_zeros(()), label_tokens.new_zeros(())
-            if two_tasks and inputs["rationale_labels"].ne(-100).any():
+            sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # never skip a pass: ranks gather in step
+            if two_tasks and (sharded or inputs["rationale_labels"].ne(-100).any()):
+                rationale = rationale_inputs(inputs) if sharded else inputs
                 rationale_sum, rationale_tokens = self._task_loss(
-                    model, inputs["rationale_input_ids"], inputs["rationale_attention_mask"],
-                    inputs["rationale_labels"])
+                    model, rationale["rationale_input_ids"], rationale["rationale_attention_mask"],
+                    rationale["rationale_labels"])
         global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
             and num_items_in_batch.numel() == 2
         if global_counts:  # training: normalise by the global batch's token counts
@@ -162,10 +171,11 @@ class StepByStepTrainer(Trainer):
         from accelerate.utils import gather_object
 
         from .evaluate import evaluate_records
+        from .sharding import scoring_model
 
         rank, processes = self.args.process_index, self.args.world_size
         shard = records[rank::processes]
-        model = self.accelerator.unwrap_model(self.model)
+        model = scoring_model(self.accelerator.unwrap_model(self.model))  # FSDP: a gathered copy
         config = self.step_config
         _, predictions = evaluate_records(
             model, self.processing_class, self.task, shard, label_prefix=config.label_prefix,
@@ -270,6 +280,12 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
 
         model, lora_info = apply_lora(model, config, family.name)
         lora_info["base_model"] = base
+    from .sharding import fsdp_requested
+
+    if fsdp_requested(config):
+        from .sharding import prepare_for_fsdp
+
+        prepare_for_fsdp(model, config)  # T5's tied embeddings: FSDP shards a parameter in one group only
     if config.rationale_filter:  # token lengths need the tokenizer; filtered examples stay in the label task
         from ..rationale_filters import filter_rationales
 
@@ -359,9 +375,11 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "length_chunks": trainer.length_chunks,
     }
     results.update(extra or {})
+    model_dir = run_dir / "model"
+    # every rank: FSDP gathers the sharded weights (the Trainer writes from rank 0 only); LoRA: the adapters only,
+    # the base stays where lora.base_model says
+    trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero():
-        model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))  # LoRA: the adapters only; the base stays where lora.base_model says
         tokenizer.save_pretrained(str(model_dir))
         write_meta(model_dir, student_meta(task, config, family.name, getattr(family, "separator", None),
                                            lora_info, rank_normalization))
