@@ -54,12 +54,21 @@ def load_rationales(path: str | Path) -> dict[str, dict[str, Any]]:
     return {str(record["id"]): record for record in index_by_key(read_cache(path)[0]).values()}
 
 
+# the Batch API teacher's state log sits next to its cache (CACHE.batches.jsonl); a glob over caches skips it
+BATCH_LOG_SUFFIX = ".batches.jsonl"
+
+
+def glob_caches(pattern: str | Path) -> list[str]:
+    """The cache files a glob matches, sorted, without the Batch API state logs beside them."""
+    return [path for path in sorted(glob.glob(str(pattern))) if not path.endswith(BATCH_LOG_SUFFIX)]
+
+
 def cache_paths(patterns: str | Iterable[str]) -> list[Path]:
     """The files named by ``patterns`` (paths or globs); a pattern that matches nothing is an error."""
     patterns = [patterns] if isinstance(patterns, (str, Path)) else list(patterns)
     paths: list[Path] = []
     for pattern in patterns:
-        matched = sorted(glob.glob(str(pattern))) or ([str(pattern)] if Path(pattern).is_file() else [])
+        matched = glob_caches(pattern) or ([str(pattern)] if Path(pattern).is_file() else [])
         if not matched:
             raise DataError(f"{pattern}: no rationale cache matches (option --rationales)")
         paths += [Path(path) for path in matched if Path(path) not in paths]

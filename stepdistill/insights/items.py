@@ -11,12 +11,13 @@ import glob
 from pathlib import Path
 from typing import Any
 
+from ..rationales import glob_caches
 from ..teacher.generator import read_cache
 
 
 def cache_paths(pattern: str) -> list[Path]:
     """The files a ``--cache`` value names: a path or a glob; an error when it names none."""
-    paths = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+    paths = [Path(p) for p in glob_caches(pattern)] if glob.has_magic(pattern) else [Path(pattern)]
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
         raise ValueError(f"--cache {pattern!r}: no such cache file" + (f": {', '.join(missing)}" if missing else ""))

@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..rationales import BATCH_LOG_SUFFIX
 from .batch_log import BatchLog, Submission
 from .teachers import GenerationParams, OpenAITeacher, Reply, TeacherFatalError
 
@@ -120,7 +121,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
         return None if online is None else online * self.batch_discount
 
     def attach_cache(self, cache_path, cached):
-        self._log = BatchLog(Path(cache_path).with_name(Path(cache_path).name + ".batches.jsonl"))
+        self._log = BatchLog(Path(cache_path).with_name(Path(cache_path).name + BATCH_LOG_SUFFIX))
         self._live, self._results, self.calls = {}, {}, Counter()
         for submission in self._log.load():
             for custom_id in submission.custom_ids:
