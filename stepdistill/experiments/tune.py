@@ -50,6 +50,8 @@ def parse_space(space: str) -> dict[str, dict[str, Any]]:
                 and spec["choices"]:
             out[name] = {"kind": "categorical", "choices": spec["choices"]}
             continue
+        if isinstance(spec, list):
+            spec = [_number(x) for x in spec]
         numbers = isinstance(spec, list) and len(spec) in (2, 3) and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec[:2])
         if not numbers or (len(spec) == 3 and spec[2] != "log"):
@@ -64,6 +66,16 @@ def parse_space(space: str) -> dict[str, dict[str, Any]]:
         kind = "int" if isinstance(low, int) and isinstance(high, int) else "float"
         out[name] = {"kind": kind, "low": low, "high": high, "log": log}
     return out
+
+
+def _number(value):
+    """YAML 1.1 reads 1e-4 (no dot) as a string: such strings are numbers here."""
+    if isinstance(value, str) and value != "log":
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
