@@ -42,6 +42,7 @@ def _error_line(capsys, args: list[str]) -> str:
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow  # 30-40 s on 1 thread: two or four tiny trials, the data loaded each run
 def test_best_config_reproduces_its_trials_valid_accuracy(shared_data_dir, tmp_path, capsys):
     out = tmp_path / "study"
     _tune(shared_data_dir, out, trials=2)
@@ -74,6 +75,7 @@ def test_best_config_reproduces_its_trials_valid_accuracy(shared_data_dir, tmp_p
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow  # 30-40 s on 1 thread: two or four tiny trials, the data loaded each run
 def test_resumed_study_runs_only_the_remaining_trials(shared_data_dir, tmp_path):
     out = tmp_path / "study"
     _tune(shared_data_dir, out, trials=1)
