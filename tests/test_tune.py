@@ -126,3 +126,15 @@ def test_unknown_config_field_is_one_error_line(capsys, tmp_path):
     config.write_text("alpha: 0.3\nlearning_rat: 0.1\n")
     line = _error_line(capsys, ["train", "--config", str(config), "--task", "esnli", "--output-dir", str(tmp_path)])
     assert line == f"error: {config}: unknown field 'learning_rat' (a TrainConfig field, e.g. alpha, learning_rate)"
+
+
+@pytest.mark.shared_data
+def test_a_second_tune_on_a_folder_in_use_is_one_error_line(shared_data_dir, tmp_path, capsys):
+    from stepdistill.locks import exclusive_lock
+
+    out = tmp_path / "study"
+    out.mkdir()
+    with exclusive_lock(out / "tune.lock", "held by the test"):
+        line = _error_line(capsys, ["tune", *_data(shared_data_dir), "--space", SPACE, "--output-dir", str(out)])
+    assert line.startswith(f"error: {out}: another tune is running in this folder (lock {out / 'tune.lock'} held by pid ")
+    assert not (out / "study.db").exists()

@@ -20,10 +20,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from ..locks import exclusive_lock
 from ..options import DataOptions, SubsetOptions
 from ..student.config import TrainConfig
 
 STUDY_NAME = "tune"
+LOCK_FILE = "tune.lock"
 
 
 def parse_space(space: str) -> dict[str, dict[str, Any]]:
@@ -156,12 +158,9 @@ def tune_command(output_dir: str, space: str, data: DataOptions, subset: SubsetO
         seed: Seed of the sampler (TPE).
         pruner_warmup: MedianPruner's n_warmup_steps: no pruning before this training step.
     """
-    from optuna.trial import TrialState
-
     from ..data import DataError
     from ..options import load_data, train_subset
     from ..student.command import _fixed_subset
-    from ..student.trainer import run_training
 
     parsed = parse_space(space)
     if trials < 1:
@@ -175,9 +174,21 @@ def tune_command(output_dir: str, space: str, data: DataOptions, subset: SubsetO
     test = _fixed_subset(loaded.splits.get("test", []), test_size, "--test-size")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # one tune per folder: the RUNNING trials found on opening can only be a killed process's
+    with exclusive_lock(out / LOCK_FILE, f"{out}: another tune is running in this folder"):
+        return _run_study(out, parsed, student, loaded, train_records, valid, test, trials, seed, pruner_warmup,
+                          extra={"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
+                                 "source": data.source, "valid_size": len(valid),
+                                 "valid_full_size": len(loaded.splits["valid"])})
+
+
+def _run_study(out: Path, parsed, student: TrainConfig, loaded, train_records, valid, test, trials: int, seed: int,
+               pruner_warmup: int, extra: dict) -> dict:
+    from optuna.trial import TrialState
+
+    from ..student.trainer import run_training
+
     study = _open_study(out, seed, pruner_warmup)
-    extra = {"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
-             "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"])}
 
     def objective(trial) -> float:
         config = dataclasses.replace(student, **_suggest(trial, parsed))  # a bad value fails in __post_init__
