@@ -138,3 +138,23 @@ def test_a_second_tune_on_a_folder_in_use_is_one_error_line(shared_data_dir, tmp
         line = _error_line(capsys, ["tune", *_data(shared_data_dir), "--space", SPACE, "--output-dir", str(out)])
     assert line.startswith(f"error: {out}: another tune is running in this folder (lock {out / 'tune.lock'} held by pid ")
     assert not (out / "study.db").exists()
+
+
+def test_the_trainer_callback_reports_to_the_trial_and_prunes_below_the_median():
+    from types import SimpleNamespace
+
+    from stepdistill.experiments.tune import _pruning_callback
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    first = study.ask()
+    first.report(0.8, 1)
+    study.tell(first, 0.8)
+    trial = study.ask()
+    callback = _pruning_callback(trial)
+    state = SimpleNamespace(global_step=1)
+    callback.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.9})  # above the median: goes on
+    second = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="valid accuracy 0.5000 at step 1"):
+        _pruning_callback(second).on_evaluate(None, state, None, metrics={"eval_accuracy": 0.5})
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.9}
+    assert second.storage.get_trial(second._trial_id).intermediate_values == {1: 0.5}
