@@ -23,6 +23,7 @@ def _commands() -> dict:
     from .data_command import data_command
     from .experiments import curve_command
     from .experiments.experiment_file import run_command
+    from .experiments.tune import tune_command
     from .teacher.command import generate_command
     from .student.command import train as train_command, predict as predict_command
     from .demo import demo as demo_command
@@ -37,6 +38,7 @@ def _commands() -> dict:
         "train": train_command,
         "predict": predict_command,
         "run": run_command,
+        "tune": tune_command,
         "demo": demo_command,
         "serve": serve_command,
         "export": export_command,
@@ -104,9 +106,55 @@ def _option_groups(command) -> dict[str, str]:
 POSITIONAL = {"run": ("experiment",), "serve": ("run_dir",), "export": ("run_dir", "out"), "predict": ("model_dir",)}
 
 
+# commands whose --config FILE.yaml is a flat file of TrainConfig fields (jsonargparse's own --config is nested)
+FLAT_CONFIG = ("train", "tune")
+
+
+def _flat_config(args: list[str]) -> list[str]:
+    """``--config FILE.yaml`` -> ``--student.FIELD=VALUE`` options right after the subcommand, so options given on
+    the command line (later) override the file's."""
+    if not args or args[0] not in FLAT_CONFIG:
+        return args
+    rest, path = [], None
+    i = 1
+    while i < len(args):
+        match = re.match(r"^--config(?:=(.*))?$", args[i])
+        if match and (match.group(1) is not None or i + 1 < len(args)):
+            path = match.group(1) if match.group(1) is not None else args[i + 1]
+            i += 1 if match.group(1) is not None else 2
+            continue
+        rest.append(args[i])
+        i += 1
+    if path is None:
+        return args
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .student.config import TrainConfig
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: file not found (option --config)")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of TrainConfig fields, e.g. 'alpha: 0.3' (option --config)")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in values:
+        if name not in fields:
+            raise ValueError(f"{path}: unknown field '{name}' (a TrainConfig field, e.g. alpha, learning_rate)")
+    options = [f"--student.{name}={value if isinstance(value, str) else json.dumps(value)}"
+               for name, value in values.items()]
+    return [args[0], *options, *rest]
+
+
 def _normalise(args: list[str], commands: dict) -> list[str]:
     """--data-dir -> --data_dir (jsonargparse names options after parameters), flat names -> their group, and
     leading positional arguments -> their options (:data:`POSITIONAL`)."""
+    args = _flat_config(args)
     groups = _option_groups(commands[args[0]]) if args and args[0] in commands else {}
     if args and args[0] in POSITIONAL:
         head, rest = [args[0]], args[1:]
@@ -135,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     for command in commands.values():
         _option_groups(command)  # help text for the dataclass groups, also in `--help`
     try:
-        auto_cli(commands, args=_normalise(args, commands), as_positional=False, parser_class=_OneLineErrors)
+        normalised = _normalise(args, commands)
+        auto_cli(commands, args=normalised, as_positional=False, parser_class=_OneLineErrors)
     except _expected_errors() as exc:
         if debug:
             raise

@@ -97,6 +97,16 @@ def _cases(tmp_path, run_folder, experiment):
             (["export", str(run_folder)], "error: the following arguments are required: --out"),
             (["export", str(run_folder), out, "--quantize", "int4"], "option --quantize"),
         ],
+        "tune": [
+            (["tune", "--task", "esnlii", "--space", "{alpha: [0.1, 0.9]}", "--output-dir", out],
+             "unknown task 'esnlii'"),
+            (["tune", "--task", "esnli", "--data-dir", NO_DIR, "--space", "{alpha: [0.1, 0.9]}", "--output-dir", out],
+             "data folder not found"),
+            (["tune", "--task", "esnli", "--space", "{alpha: [0.1, 0.9]}", "--trials", "0", "--output-dir", out],
+             "option --trials: must be at least 1"),
+            (["tune", "--task", "esnli", "--config", str(tmp_path / "none.yaml"), "--space", "{alpha: [0, 1]}",
+              "--output-dir", out], "none.yaml: file not found (option --config)"),
+        ],
         "run": [
             (["run", experiment(task="esnlii")], "unknown task 'esnlii'"),
             (["run", experiment(data={"data_dir": NO_DIR})], "data folder not found"),
@@ -106,7 +116,8 @@ def _cases(tmp_path, run_folder, experiment):
     }
 
 
-@pytest.mark.parametrize("command", ["data", "generate", "train", "curve", "predict", "run", "serve", "export"])
+@pytest.mark.parametrize("command", ["data", "generate", "train", "curve", "predict", "run", "serve", "export",
+                                     "tune"])
 def test_each_command_fails_with_one_error_line(command, tmp_path, run_folder, experiment, capsys):
     for args, expected in _cases(tmp_path, run_folder, experiment)[command]:
         line = _error_line(capsys, args)

@@ -49,9 +49,11 @@ EVAL_ROWS = 24  # valid/test examples per task in the shrunk data folder
 COMMAND_TIMEOUT_S = 300
 # option -> value it is rewritten to when a command gives it (sizes only; the command's meaning stays)
 SHRINK = {"--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--count": "48", "--limit": "8", "--batch-size": "8",
-          "--concurrency": "8", "--workers": "1", "--seeds": "[0]"}
+          "--concurrency": "8", "--workers": "1", "--seeds": "[0]",
+          "--trials": "2"}
 # options added when a subcommand does not give them (the demo's defaults train 6 runs of 300 steps)
 ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
+         "tune": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
          "curve": {"--seeds": "[0]"},
          "demo": {"--workers": "1", "--train-size": "48", "--valid-size": "8", "--test-size": "8",
                   "--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--seeds": "[0]"},

@@ -18,6 +18,8 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
     """Train a student on a train split, select on valid, score test once (flat names work: --max-steps, --task).
 
     Every --group.option also answers to its flat name: --max-steps for --student.max_steps, --task for --data.task.
+    `--config FILE.yaml`: a flat file of TrainConfig fields (alpha: 0.3, e.g. a `tune` study's best_config.yaml);
+    options on the command line override it.
 
     Launch with `accelerate launch -m stepdistill.cli train ...` or
     `torchrun` for several devices: the global batch stays --batch-size.
