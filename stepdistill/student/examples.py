@@ -4,6 +4,14 @@
     gave a valid label, the rest are dropped and counted as ``dropped_no_teacher_label``);
   - rationale task: only examples whose teacher output parsed completely (``teacher_error`` is None). Examples
     without a usable rationale stay in the label task and leave the rationale task (``no_rationale`` by reason).
+
+The ablations (``single-task``, ``single-task-label-first``, ``rationale-input``) have one task whose every row
+needs a rationale: examples without one are dropped (``dropped_no_rationale`` by reason). Their targets/inputs:
+
+  - single-task: ``task.answer_text(rationale, label)`` (e.g. ``<rationale> So the answer is <label>.``), which
+    the task's own teacher parser reads back (checked here for every example);
+  - single-task-label-first: ``<label>. <rationale>`` (:func:`label_first_text`);
+  - rationale-input: input ``<input> rationale: <rationale>`` (:func:`rationale_input_text`), target the label.
 """
 
 from __future__ import annotations
@@ -13,18 +21,73 @@ from typing import Any
 
 from .config import TrainConfig
 
+ABLATIONS = ("single-task", "single-task-label-first", "rationale-input")  # one task, every row with a rationale
+LABEL_FIRST_SEPARATOR = ". "  # between the label and the rationale in the label-first target
+RATIONALE_INPUT_SEPARATOR = " rationale: "  # between the input and the appended rationale
+
+
+def label_first_text(label: str, rationale: str) -> str:
+    return f"{label}{LABEL_FIRST_SEPARATOR}{rationale}"
+
+
+def label_first_candidate(label: str) -> str:
+    """What a candidate label is scored as: the start of the label-first target (scored without an end token)."""
+    return label + LABEL_FIRST_SEPARATOR.rstrip()
+
+
+def label_first_label(text: str) -> str:
+    """The label of a generated label-first text: everything before the first separator."""
+    return text.split(LABEL_FIRST_SEPARATOR, 1)[0].strip().removesuffix(LABEL_FIRST_SEPARATOR.strip())
+
+
+def rationale_input_text(text: str, rationale: str) -> str:
+    return f"{text}{RATIONALE_INPUT_SEPARATOR}{rationale}"
+
 
 def usable_rationale(record: dict[str, Any]) -> bool:
     return record.get("teacher_error") is None and bool((record.get("rationale") or "").strip())
 
 
-def select_examples(records: list[dict[str, Any]], config: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Training examples as (record, target label, rationale or None), plus counts of what went where and why."""
-    chosen, dropped, no_rationale = [], Counter(), Counter()
+def missing_rationales(records: list[dict[str, Any]]) -> list[str]:
+    """Ids of the records without a usable teacher rationale (the rationale-input method cannot read them)."""
+    return [str(record.get("id")) for record in records if not usable_rationale(record)]
+
+
+def _ablation_example(record: dict[str, Any], label: str, config: TrainConfig, task) -> dict[str, Any]:
+    """The one-task row of an ablation (the record has a usable rationale)."""
+    rationale = record["rationale"].strip()
+    example = {"id": record["id"], "input": record["input"], "target": label, "rationale": None}
+    if config.method == "single-task":
+        text = task.answer_text(rationale, label, record.get("fields"))
+        parsed = task.parse_teacher(text, record.get("fields")).label
+        if parsed is None or not task.is_correct(parsed, label, record.get("fields")):
+            raise ValueError(f"task {task.name}: its parser does not read back the single-task target {text!r} "
+                             f"of example {record['id']} (define Task.answer_text for this task)")
+        example["target"] = text
+    elif config.method == "single-task-label-first":
+        example["target"] = label_first_text(label, rationale)
+    else:
+        example["input"] = rationale_input_text(record["input"], rationale)
+    return example
+
+
+def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=None
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Training examples as (record, target label, rationale or None), plus counts of what went where and why.
+    ``task`` is needed by the single-task ablation (its answer format)."""
+    if config.method == "single-task" and task is None:
+        raise ValueError("the single-task method needs the task (its answer format)")
+    chosen, dropped, no_rationale, dropped_rationale = [], Counter(), Counter(), Counter()
     for record in records:
         label = record["label"] if config.label_source == "gold" else record.get("teacher_label")
         if label is None:
             dropped[record.get("teacher_error") or "missing"] += 1
+            continue
+        if config.method in ABLATIONS:
+            if usable_rationale(record):
+                chosen.append(_ablation_example(record, label, config, task))
+            else:
+                dropped_rationale[record.get("teacher_error") or "empty_rationale"] += 1
             continue
         rationale = None
         if config.method == "step-by-step":
@@ -34,7 +97,8 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig) -> tuple
                 no_rationale[record.get("teacher_error") or "empty_rationale"] += 1
         chosen.append({"id": record["id"], "input": record["input"], "target": label, "rationale": rationale})
     if not chosen:
-        raise ValueError(f"no training example has a {config.label_source} label")
+        raise ValueError(f"no training example has a {config.label_source} label"
+                         + (" and a usable rationale" if config.method in ABLATIONS else ""))
     counts = {
         "given": len(records),
         "label_task": len(chosen),
@@ -42,6 +106,8 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig) -> tuple
         "dropped_no_teacher_label": dict(dropped),
         "no_rationale": dict(no_rationale),
     }
+    if config.method in ABLATIONS:
+        counts["dropped_no_rationale"] = dict(dropped_rationale)
     return chosen, counts
 
 

@@ -179,7 +179,7 @@ class StepByStepTrainer(Trainer):
         config = self.step_config
         _, predictions = evaluate_records(
             model, self.processing_class, self.task, shard, label_prefix=config.label_prefix,
-            rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size,
+            rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size, method=config.method,
             max_input_length=config.max_input_length, max_target_length=config.max_target_length,
             label_max_new_tokens=config.label_max_new_tokens, rationales=rationales, bf16=config.bf16,
             rank_normalization=self.rank_normalization, family=self.family) if shard else (0.0, [])
@@ -199,7 +199,7 @@ class StepByStepTrainer(Trainer):
         return metrics
 
 
-def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args):
+def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args, extra_texts=()):
     """(model, tokenizer, the base a LoRA run's adapters sit on: ``../student-init`` inside the run folder, an
     absolute local path or a hub / short name)."""
     from .models import TINY_BUILDERS, load_student, student_texts
@@ -211,8 +211,8 @@ def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, arg
     if config.model in TINY_BUILDERS:
         with args.main_process_first(desc="build tiny student"):
             if not (init_dir / "config.json").exists():
-                load_student(config.model, student_texts(train_records, config.label_prefix, config.rationale_prefix),
-                             init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
+                texts = student_texts(train_records, config.label_prefix, config.rationale_prefix) + list(extra_texts)
+                load_student(config.model, texts, init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
         model_source, base = str(init_dir), inside_run
     elif Path(config.model).exists():
         base = str(Path(config.model).resolve())
@@ -262,7 +262,16 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     run_dir.mkdir(parents=True, exist_ok=True)
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
-    examples, counts = select_examples(train_records, config)
+    examples, counts = select_examples(train_records, config, task)
+    if config.method == "rationale-input":  # valid and test are read with their teacher rationales too
+        from .examples import missing_rationales
+
+        for split, records in (("valid", valid_records), ("test", test_records)):
+            missing = missing_rationales(records or [])
+            if missing:
+                raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} {split} examples have "
+                                 f"no usable teacher rationale (first: id {missing[0]}); run the teacher on the "
+                                 f"{split} split")
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
@@ -271,7 +280,11 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         raise RuntimeError(f"WORLD_SIZE says {processes} processes but the Trainer sees {args.world_size}")
 
     set_seed(config.seed)
-    model, tokenizer, base = _load_initial_student(config, train_records, run_dir, args)
+    from .examples import ABLATIONS
+
+    # the ablations' own targets and inputs (answer format, appended rationales) go into a tiny student's tokenizer
+    extra_texts = [text for e in examples for text in (e["input"], e["target"])] if config.method in ABLATIONS else ()
+    model, tokenizer, base = _load_initial_student(config, train_records, run_dir, args, extra_texts)
     family = family_of(model, decoder_prefixes=(config.label_prefix, config.rationale_prefix)
                        if config.shared_encoder else ())
     lora_info = None
