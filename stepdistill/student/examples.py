@@ -22,6 +22,7 @@ from typing import Any
 from .config import TrainConfig
 
 ABLATIONS = ("single-task", "single-task-label-first", "rationale-input")  # one task, every row with a rationale
+TWO_PART_TARGETS = ("single-task", "single-task-label-first")  # targets that hold rationale and label
 LABEL_FIRST_SEPARATOR = ". "  # between the label and the rationale in the label-first target
 RATIONALE_INPUT_SEPARATOR = " rationale: "  # between the input and the appended rationale
 
@@ -133,9 +134,12 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     rationale_labels: list[list[int]] = [[] for _ in examples]
     for i, inp, tgt in zip(with_rationale, rationale_inputs, rationale_targets):
         rationale_input_ids[i], rationale_labels[i] = inp, tgt
+    # a target holding rationale and label (single-task ablations) gets the rationale's length plus the label's, as
+    # at generation: cut to the rationale's length alone, it would lose the label
+    target_length = config.max_target_length + (config.label_max_new_tokens if config.method in TWO_PART_TARGETS else 0)
     input_ids, labels = family.training_rows(
         tokenizer, [label_prefix + example["input"] for example in examples],
-        [example["target"] for example in examples], config.max_input_length, config.max_target_length)
+        [example["target"] for example in examples], config.max_input_length, target_length)
     return Dataset.from_dict({
         "example_index": list(range(len(examples))),
         "input_ids": input_ids,
