@@ -26,6 +26,9 @@ class TrainConfig:
     # from generated text), "single-task-label-first" (target: label then rationale, candidates ranked as its start),
     # "rationale-input" (teacher rationale appended to the input; valid/test need teacher rationales)
     method: str = "step-by-step"
+    # rationale-input: valid/test examples without a usable teacher rationale are an "error" (the default; the
+    # message names split and count), or read "bare" (the input alone; counted in results.json)
+    missing_rationale: str = "error"
     label_source: str = "gold"  # "gold" | "teacher"
     alpha: float = 0.5  # weight of the label loss (step-by-step)
     label_prefix: str = "[label] "
@@ -93,6 +96,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.missing_rationale not in ("error", "bare"):
+            raise ValueError(f"missing_rationale must be 'error' or 'bare', got {self.missing_rationale!r}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if not 0.0 <= self.alpha <= 1.0:

@@ -11,7 +11,8 @@ import contextlib
 from typing import Any
 
 from ..tasks import Task
-from .examples import label_first_candidate, label_first_label, missing_rationales, rationale_input_text
+from .examples import (label_first_candidate, label_first_label, missing_rationales, rationale_input_text,
+                       usable_rationale)
 from .families import family_of
 
 
@@ -70,15 +71,16 @@ def generate_texts(model, tokenizer, inputs: list[str], batch_size: int = 64, ma
 def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]], label_prefix: str = "[label] ",
                     rationale_prefix: str = "[rationale] ", batch_size: int = 64, max_input_length: int = 512,
                     max_target_length: int = 256, label_max_new_tokens: int = 32, rationales: bool = False,
-                    bf16: bool = False, rank_normalization: str = "sum", family=None, method: str = "standard"
-                    ) -> list[dict[str, Any]]:
+                    bf16: bool = False, rank_normalization: str = "sum", family=None, method: str = "standard",
+                    missing_rationale: str = "error") -> list[dict[str, Any]]:
     """Predicted label (ranked when the record has candidates, else generated) and optionally a generated rationale.
 
     ``records`` need ``input`` and, for ranking, ``choices`` (None or missing: the task's ``choices`` or generation).
     ``method`` (the training method) says how to read the student: ``single-task`` generates rationale and label
     and the task's teacher parser reads the label (unparsable: prediction None); ``single-task-label-first`` ranks
     candidates as the start of its target (free-form: generates, the label is the text before the separator);
-    ``rationale-input`` reads ``record["rationale"]`` appended to the input.
+    ``rationale-input`` reads ``record["rationale"]`` appended to the input (a record without one is an error, or
+    with ``missing_rationale="bare"`` read as its input alone).
     """
     family = family or family_of(model)
     if method == "single-task":
@@ -86,11 +88,11 @@ def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]],
                                     max_target_length + label_max_new_tokens, rationales, bf16, family)
     if method == "rationale-input":
         missing = missing_rationales(records)
-        if missing:
+        if missing and missing_rationale != "bare":
             raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} examples have no rationale "
                              f"to append to the input (first: id {missing[0]})")
         records = [{**record, "input": rationale_input_text(record["input"], record["rationale"].strip())}
-                   for record in records]
+                   if usable_rationale(record) else record for record in records]
         rationales = False  # the student never generates rationales: it reads them
     label_first = method == "single-task-label-first"
     inputs = [label_prefix + record["input"] for record in records]

@@ -180,6 +180,7 @@ class StepByStepTrainer(Trainer):
         _, predictions = evaluate_records(
             model, self.processing_class, self.task, shard, label_prefix=config.label_prefix,
             rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size, method=config.method,
+            missing_rationale=config.missing_rationale,
             max_input_length=config.max_input_length, max_target_length=config.max_target_length,
             label_max_new_tokens=config.label_max_new_tokens, rationales=rationales, bf16=config.bf16,
             rank_normalization=self.rank_normalization, family=self.family) if shard else (0.0, [])
@@ -263,15 +264,17 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
     examples, counts = select_examples(train_records, config, task)
+    bare_inputs = {}
     if config.method == "rationale-input":  # valid and test are read with their teacher rationales too
         from .examples import missing_rationales
 
         for split, records in (("valid", valid_records), ("test", test_records)):
             missing = missing_rationales(records or [])
-            if missing:
+            bare_inputs[split] = len(missing)
+            if missing and config.missing_rationale == "error":
                 raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} {split} examples have "
                                  f"no usable teacher rationale (first: id {missing[0]}); run the teacher on the "
-                                 f"{split} split")
+                                 f"{split} split, or read them bare with --student.missing_rationale bare")
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
@@ -365,6 +368,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "valid_curve": [[row["step"], row["eval_accuracy"]] for row in trainer.state.log_history
                         if "eval_accuracy" in row],
         "valid_accuracy": valid_accuracy,
+        **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),

@@ -50,6 +50,16 @@ def test_label_first_targets_start_with_the_label(toy_tokenizer):
     assert targets[0] == "warm. red is a warm color"
     assert targets[-1] == "cold. violet is a cold color"
     assert len(targets) == 15 and all(row == [] for row in rationale_rows)
+    # what ranking scores (the candidate "warm." without its end token) is exactly the start of the target's tokens
+    from stepdistill.student.examples import label_first_candidate
+    from stepdistill.student.families import _target_table
+
+    table = _target_table(toy_tokenizer, [[label_first_candidate("warm"), label_first_candidate("cold")]], end=False)
+    examples, _ = select_examples(toy_records(), TrainConfig(method="single-task-label-first"))
+    labels = tokenize_examples(examples, toy_tokenizer, TrainConfig(method="single-task-label-first"))["labels"]
+    for example, row in zip(examples, labels):
+        start = table[label_first_candidate(example["target"].split(".")[0])]
+        assert row[:len(start)] == start and len(row) > len(start) + 2
 
 
 def test_rationale_input_appends_the_teacher_rationale(toy_tokenizer):
@@ -82,6 +92,14 @@ def test_rationale_input_needs_teacher_rationales_on_valid_and_test(tmp_path):
         run_training(toy_task(), records, records, toy_records(without_rationale=(4, 9)),
                      TrainConfig(model="tiny", method="rationale-input", max_steps=1, batch_size=4, eval_steps=1),
                      tmp_path / "run")
+    # or read bare: those examples get their input alone, and results.json counts them
+    config = TrainConfig(model="tiny", method="rationale-input", max_steps=2, batch_size=4, eval_steps=1,
+                         missing_rationale="bare", max_target_length=8)
+    results = run_training(toy_task(), records, records, toy_records(without_rationale=(4, 9)), config,
+                           tmp_path / "bare")
+    assert results["rationale_input_bare"] == {"valid": 0, "test": 2} and results["test_count"] == 16
+    with pytest.raises(ValueError, match="missing_rationale must be 'error' or 'bare'"):
+        TrainConfig(missing_rationale="skip")
 
 
 def test_rationale_filter_is_refused_for_ablations():
