@@ -29,6 +29,9 @@ class TrainConfig:
     # rationale-input: valid/test examples without a usable teacher rationale are an "error" (the default; the
     # message names split and count), or read "bare" (the input alone; counted in results.json)
     missing_rationale: str = "error"
+    # rationale-input: also score test with the STUDENT's own rationales in place of the teacher's, read from this
+    # JSONL (rows with "id" and "rationale": a step-by-step run's predictions_test.jsonl with generate_rationales)
+    student_rationales: str | None = None
     label_source: str = "gold"  # "gold" | "teacher"
     alpha: float = 0.5  # weight of the label loss (step-by-step)
     label_prefix: str = "[label] "
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.missing_rationale not in ("error", "bare"):
             raise ValueError(f"missing_rationale must be 'error' or 'bare', got {self.missing_rationale!r}")
+        if self.student_rationales and self.method != "rationale-input":
+            raise ValueError(f"student_rationales applies to method rationale-input, not to {self.method!r}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if not 0.0 <= self.alpha <= 1.0:

@@ -54,6 +54,26 @@ def missing_rationales(records: list[dict[str, Any]]) -> list[str]:
     return [str(record.get("id")) for record in records if not usable_rationale(record)]
 
 
+def with_student_rationales(records: list[dict[str, Any]], path) -> list[dict[str, Any]]:
+    """Copies of ``records`` whose rationale is the student's own, read from the JSONL at ``path`` (rows with
+    ``id`` and ``rationale``, e.g. a step-by-step run's predictions_test.jsonl with generate_rationales)."""
+    from pathlib import Path
+
+    from ..sources import DataError, read_jsonl
+
+    found: dict[str, str] = {}
+    for lineno, row in read_jsonl(Path(path)):
+        if not isinstance(row.get("rationale"), str):
+            raise DataError(f"{path}: line {lineno}: field 'rationale': expected a string (generate the run's "
+                            "test rationales with generate_rationales)")
+        found[str(row.get("id"))] = row["rationale"]
+    missing = [str(record["id"]) for record in records if str(record["id"]) not in found]
+    if missing:
+        raise DataError(f"{path}: no rationale for {len(missing)} of {len(records)} test examples "
+                        f"(first: id {missing[0]})")
+    return [{**record, "rationale": found[str(record["id"])], "teacher_error": None} for record in records]
+
+
 def _ablation_example(record: dict[str, Any], label: str, config: TrainConfig, task) -> dict[str, Any]:
     """The one-task row of an ablation (the record has a usable rationale)."""
     rationale = record["rationale"].strip()

@@ -264,6 +264,11 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
     examples, counts = select_examples(train_records, config, task)
+    own_rationale_records = None
+    if config.student_rationales and test_records:  # read before training: a bad file costs no training
+        from .examples import with_student_rationales
+
+        own_rationale_records = with_student_rationales(test_records, config.student_rationales)
     bare_inputs = {}
     if config.method == "rationale-input":  # valid and test are read with their teacher rationales too
         from .examples import missing_rationales
@@ -340,6 +345,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     valid_accuracy, valid_predictions = trainer.score(valid_records)
     test_accuracy, test_predictions = (trainer.score(test_records, rationales=config.generate_rationales)
                                        if test_records else (None, []))
+    own_accuracy, own_predictions = (trainer.score(own_rationale_records) if own_rationale_records
+                                     else (None, []))
     wall_seconds = time.perf_counter() - start
     trained_steps = trainer.state.global_step
     results = {
@@ -369,6 +376,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
                         if "eval_accuracy" in row],
         "valid_accuracy": valid_accuracy,
         **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
+        # rationale-input scored on test with the student's own rationales (config.student_rationales)
+        **({"test_accuracy_student_rationales": own_accuracy} if own_rationale_records else {}),
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
@@ -403,6 +412,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         write_jsonl(run_dir / "predictions_valid.jsonl", valid_predictions)
         if test_records:
             write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
+        if own_rationale_records:
+            write_jsonl(run_dir / "predictions_test_student_rationales.jsonl", own_predictions)
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
         write_json(run_dir / "config.json", config_record(config, processes, per_device, accumulation))
         write_json(run_dir / "results.json", results)

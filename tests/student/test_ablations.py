@@ -102,6 +102,23 @@ def test_rationale_input_needs_teacher_rationales_on_valid_and_test(tmp_path):
         TrainConfig(missing_rationale="skip")
 
 
+def test_student_rationales_must_cover_the_test_split(tmp_path):
+    from stepdistill.sources import DataError
+    from stepdistill.student.examples import with_student_rationales
+
+    path = tmp_path / "own.jsonl"
+    path.write_text('{"id": "0", "rationale": "red is a cold color"}\n{"id": "1", "rationale": "x"}\n')
+    records = toy_records()
+    with pytest.raises(DataError, match=r"own.jsonl: no rationale for 14 of 16 test examples \(first: id 2\)"):
+        with_student_rationales(records, path)
+    assert [r["rationale"] for r in with_student_rationales(records[:2], path)] == ["red is a cold color", "x"]
+    path.write_text('{"id": "0", "prediction": "warm"}\n')
+    with pytest.raises(DataError, match="line 1: field 'rationale': expected a string"):
+        with_student_rationales(records, path)
+    with pytest.raises(ValueError, match="student_rationales applies to method rationale-input"):
+        TrainConfig(method="single-task", student_rationales=str(path))
+
+
 def test_rationale_filter_is_refused_for_ablations():
     with pytest.raises(ValueError, match="rationale_filter applies to step-by-step training, not to method"):
         TrainConfig(method="single-task", rationale_filter=["gold-agree"])
@@ -114,8 +131,16 @@ def test_each_ablation_trains_end_to_end_and_writes_an_accuracy(tmp_path, method
     records = toy_records()
     config = TrainConfig(model="tiny", method=method, max_steps=80, batch_size=8, learning_rate=2e-3, eval_steps=40,
                          logging_steps=10, max_target_length=16, label_max_new_tokens=16)
+    if method == "rationale-input":  # test is also scored with "the student's own" rationales: here, the teacher's
+        (tmp_path / "own.jsonl").write_text("".join(json.dumps({"id": r["id"], "rationale": r["rationale"]}) + "\n"
+                                                    for r in records))
+        config.student_rationales = str(tmp_path / "own.jsonl")
     results = run_training(toy_task(), records, records, records, config, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    if method == "rationale-input":  # the same inputs: the same predictions
+        own = (tmp_path / "run" / "predictions_test_student_rationales.jsonl").read_text()
+        assert own == (tmp_path / "run" / "predictions_test.jsonl").read_text()
+        assert saved["test_accuracy_student_rationales"] == saved["test_accuracy"]
     assert saved["method"] == method and saved["test_count"] == 16
     assert saved["test_accuracy"] == results["test_accuracy"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions_test.jsonl").read_text().splitlines()]
