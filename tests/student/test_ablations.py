@@ -146,6 +146,11 @@ def test_each_ablation_trains_end_to_end_and_writes_an_accuracy(tmp_path, method
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions_test.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(row["correct"] == (row["prediction"] == row["gold"]) for row in rows)
     assert saved["test_accuracy"] == sum(row["correct"] for row in rows) / 16
+    # `predict` on the saved student reads it the same way (the method is in its stepdistill.json)
+    from stepdistill.student.predict import predict
+
+    item = {"text": "red", **({"rationale": records[0]["rationale"]} if method == "rationale-input" else {})}
+    assert predict(tmp_path / "run", [item])[0]["prediction"] == rows[0]["prediction"]
     if method == "single-task":
         # the label comes from the generated text through the task's parser: after 80 steps every output is in
         # the answer format, but the tiny student still copies some colour words wrongly (measured 0.69 on 2 cores)
