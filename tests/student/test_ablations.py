@@ -162,3 +162,35 @@ def test_each_ablation_trains_end_to_end_and_writes_an_accuracy(tmp_path, method
         assert saved["test_accuracy"] >= 0.9, saved["test_accuracy"]
     if method == "single-task-label-first":
         assert all(set(row["prefix_scores"]) == {"warm", "cold"} for row in rows)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-llama"])
+def test_prefix_scores_are_the_candidate_tokens_without_the_end(tmp_path, model_name):
+    """end=False scores a candidate as the START of a target: its tokens' log-probabilities, no end token."""
+    import torch
+
+    from stepdistill.student.evaluate import rank_scores
+    from stepdistill.student.families import _target_table, family_of
+    from stepdistill.student.models import load_student, student_texts
+
+    model, tokenizer = load_student(model_name, student_texts(toy_records(), "[label] ", "[rationale] ") + ["warm."],
+                                    tmp_path / "student")
+    model.eval()
+    prompt, candidates = "[label] the color is red", ["warm.", "cold."]
+    with_end, without_end = (rank_scores(model, tokenizer, [prompt], [candidates], end=end)[0] for end in (True, False))
+    table = _target_table(tokenizer, [candidates], end=False)
+    family = family_of(model)
+    for candidate, score, ended in zip(candidates, without_end, with_end):
+        ids = table[candidate]
+        with torch.no_grad():
+            if family.name == "seq2seq":
+                enc = tokenizer(prompt, return_tensors="pt")
+                logits = model(**enc, labels=torch.tensor([ids])).logits[0]
+                expected = torch.log_softmax(logits, -1)[range(len(ids)), ids].sum().item()
+            else:
+                prompt_ids = family.prompt_ids(tokenizer, [prompt], 64)[0]
+                logits = model(input_ids=torch.tensor([prompt_ids + ids])).logits[0]
+                positions = range(len(prompt_ids) - 1, len(prompt_ids) + len(ids) - 1)
+                expected = torch.log_softmax(logits, -1)[positions, ids].sum().item()
+        assert score == pytest.approx(expected, abs=1e-4)
+        assert ended < score  # the end token's log-probability is negative
