@@ -74,6 +74,24 @@ def with_student_rationales(records: list[dict[str, Any]], path) -> list[dict[st
     return [{**record, "rationale": found[str(record["id"])], "teacher_error": None} for record in records]
 
 
+def evaluation_rationales(config: TrainConfig, valid: list[dict[str, Any]], test: list[dict[str, Any]] | None
+                          ) -> tuple[dict[str, int], list[dict[str, Any]] | None]:
+    """rationale-input: per split, how many examples lack a teacher rationale (an error unless
+    ``missing_rationale="bare"``), and the test records carrying the student's own rationales (None: not asked)."""
+    if config.method != "rationale-input":
+        return {}, None
+    bare = {}
+    for split, records in (("valid", valid), ("test", test or [])):
+        missing = missing_rationales(records)
+        bare[split] = len(missing)
+        if missing and config.missing_rationale == "error":
+            raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} {split} examples have "
+                             f"no usable teacher rationale (first: id {missing[0]}); run the teacher on the "
+                             f"{split} split, or read them bare with --student.missing_rationale bare")
+    own = with_student_rationales(test, config.student_rationales) if config.student_rationales and test else None
+    return bare, own
+
+
 def _ablation_example(record: dict[str, Any], label: str, config: TrainConfig, task) -> dict[str, Any]:
     """The one-task row of an ablation (the record has a usable rationale)."""
     rationale = record["rationale"].strip()

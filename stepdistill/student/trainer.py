@@ -30,7 +30,7 @@ from .arguments import batch_layout, training_arguments, world_size  # noqa: F40
 from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks,  # noqa: F401
                       length_sorted_chunks, length_sorted_micro_batches)
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
-from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
+from .examples import evaluation_rationales, select_examples, tokenize_examples, usable_rationale  # noqa: F401
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
 from .sharding import rationale_inputs
@@ -264,22 +264,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
     examples, counts = select_examples(train_records, config, task)
-    own_rationale_records = None
-    if config.student_rationales and test_records:  # read before training: a bad file costs no training
-        from .examples import with_student_rationales
-
-        own_rationale_records = with_student_rationales(test_records, config.student_rationales)
-    bare_inputs = {}
-    if config.method == "rationale-input":  # valid and test are read with their teacher rationales too
-        from .examples import missing_rationales
-
-        for split, records in (("valid", valid_records), ("test", test_records)):
-            missing = missing_rationales(records or [])
-            bare_inputs[split] = len(missing)
-            if missing and config.missing_rationale == "error":
-                raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} {split} examples have "
-                                 f"no usable teacher rationale (first: id {missing[0]}); run the teacher on the "
-                                 f"{split} split, or read them bare with --student.missing_rationale bare")
+    # rationale-input: checks of valid/test rationales and the student's own, before any training
+    bare_inputs, own_rationale_records = evaluation_rationales(config, valid_records, test_records)
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
