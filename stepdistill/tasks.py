@@ -113,6 +113,11 @@ class Task:
     def parse_teacher(self, output: str, example: dict[str, Any] | None = None) -> TeacherParse:
         raise NotImplementedError
 
+    def answer_text(self, rationale: str, label: str, example: dict[str, Any] | None = None) -> str:
+        """Rationale then label in the authors' answer format, which :meth:`parse_teacher` reads back (the
+        single-task ablation's target; default ``<rationale> So the answer is <label>.``)."""
+        return f"{rationale} So the answer is {label}."
+
     def _checked(self, rationale: str | None, label: str | None, example: dict[str, Any] | None) -> TeacherParse:
         """Shared validation after a task-specific split into rationale and raw label."""
         if label is None:
@@ -147,6 +152,9 @@ class ESNLI(_NLITask):
             return self._checked(rationale, None, example)
         label = output.split("Answer: ")[1].split("Premise")[0].rstrip()
         return self._checked(rationale, label, example)
+
+    def answer_text(self, rationale, label, example=None):
+        return f"{rationale}\nAnswer: {label}"
 
 
 class ANLI1(_NLITask):
@@ -199,6 +207,11 @@ class CQA(Task):
             return self._checked(rationale.rstrip(), None, example)
         label = pieces[1].strip()
         return self._checked(rationale.rstrip(), label[:-1] if label.endswith(".") else label, example)
+
+    def answer_text(self, rationale, label, example=None):
+        choices = self.choices(example or {}) or []
+        letter = "abcde"[choices.index(label)] if label in choices and choices.index(label) < 5 else "a"
+        return f"{rationale} So the answer is ({letter}) {label}."
 
 
 class SVAMP(Task):
@@ -258,6 +271,11 @@ class SVAMP(Task):
         # the authors' rule: the label is the first "(" to the last ")" of the line; no parentheses: no answer
         match = re.search(r"\(.*\)", tail)
         return self._checked(rationale.rstrip(), match.group(0) if match else None, example)
+
+    def answer_text(self, rationale, label, example=None):
+        equation = label.strip()
+        wrapped = equation if equation.startswith("(") and equation.endswith(")") else f"({equation})"
+        return f"{rationale} The answer is {wrapped}."
 
 
 class SpecTask(Task):

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("standard", "step-by-step")
+# standard: input -> label; step-by-step: the paper's two tasks (label, rationale) with prefixes; the paper's
+# ablations, one task each: single-task (target "<rationale> So the answer is <label>." in the task's answer format,
+# label parsed from generated text), single-task-label-first (target "<label>. <rationale>", candidates ranked as
+# the target's start), rationale-input (the teacher's rationale appended to the input, target the label)
+METHODS = ("standard", "step-by-step", "single-task", "single-task-label-first", "rationale-input")
 LABEL_SOURCES = ("gold", "teacher")
 META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
 
@@ -18,7 +22,16 @@ class TrainConfig:
     # "tiny" (T5), "tiny-llama" (decoder-only), "minilm2minilm", "<encoder>+<decoder>", "smollm2-135m", a hub name
     # or a local checkpoint folder (seq2seq or causal LM: the family comes from its config's is_encoder_decoder)
     model: str = "tiny"
-    method: str = "step-by-step"  # "standard" | "step-by-step"
+    # "standard" | "step-by-step" | the paper's ablations "single-task" (target: rationale then label, label parsed
+    # from generated text), "single-task-label-first" (target: label then rationale, candidates ranked as its start),
+    # "rationale-input" (teacher rationale appended to the input; valid/test need teacher rationales)
+    method: str = "step-by-step"
+    # rationale-input: valid/test examples without a usable teacher rationale are an "error" (the default; the
+    # message names split and count), or read "bare" (the input alone; counted in results.json)
+    missing_rationale: str = "error"
+    # rationale-input: also score test with the STUDENT's own rationales in place of the teacher's, read from this
+    # JSONL (rows with "id" and "rationale": a step-by-step run's predictions_test.jsonl with generate_rationales)
+    student_rationales: str | None = None
     label_source: str = "gold"  # "gold" | "teacher"
     alpha: float = 0.5  # weight of the label loss (step-by-step)
     label_prefix: str = "[label] "
@@ -86,6 +99,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.missing_rationale not in ("error", "bare"):
+            raise ValueError(f"missing_rationale must be 'error' or 'bare', got {self.missing_rationale!r}")
+        if self.student_rationales and self.method != "rationale-input":
+            raise ValueError(f"student_rationales applies to method rationale-input, not to {self.method!r}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -101,6 +118,8 @@ class TrainConfig:
         from ..rationale_filters import parse_filters
 
         parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
+        if self.rationale_filter and self.method not in ("standard", "step-by-step"):
+            raise ValueError(f"rationale_filter applies to step-by-step training, not to method {self.method!r}")
         if self.rank_normalization not in (None, "sum", "mean"):
             raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
         if self.lora_r is not None and self.lora_r < 0:

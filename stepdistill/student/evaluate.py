@@ -11,6 +11,8 @@ import contextlib
 from typing import Any
 
 from ..tasks import Task
+from .examples import (label_first_candidate, label_first_label, missing_rationales, rationale_input_text,
+                       usable_rationale)
 from .families import family_of
 
 
@@ -46,14 +48,16 @@ def _inference(model, bf16: bool):
 
 def rank_scores(model, tokenizer, inputs: list[str], choices: list[list[str]], batch_size: int = 64,
                 max_input_length: int = 512, bf16: bool = False, normalization: str = "sum",
-                family=None) -> list[list[float]]:
+                family=None, end: bool = True) -> list[list[float]]:
     """Log-likelihood of every candidate of every input: the sum over the candidate's tokens (end of sequence
-    included), or with ``normalization="mean"`` the per-token mean. ``family``: default from the model's config."""
+    included; ``end=False``: not, the candidate is the start of a longer target), or with ``normalization="mean"``
+    the per-token mean. ``family``: default from the model's config."""
     if len(inputs) != len(choices):
         raise ValueError(f"{len(inputs)} inputs but {len(choices)} candidate lists")
     family = family or family_of(model)
     with _inference(model, bf16):
-        return family.rank_scores(model, tokenizer, inputs, choices, batch_size, max_input_length, normalization)
+        return family.rank_scores(model, tokenizer, inputs, choices, batch_size, max_input_length, normalization,
+                                  **({} if end else {"end": False}))
 
 
 def generate_texts(model, tokenizer, inputs: list[str], batch_size: int = 64, max_input_length: int = 512,
@@ -67,12 +71,30 @@ def generate_texts(model, tokenizer, inputs: list[str], batch_size: int = 64, ma
 def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]], label_prefix: str = "[label] ",
                     rationale_prefix: str = "[rationale] ", batch_size: int = 64, max_input_length: int = 512,
                     max_target_length: int = 256, label_max_new_tokens: int = 32, rationales: bool = False,
-                    bf16: bool = False, rank_normalization: str = "sum", family=None) -> list[dict[str, Any]]:
+                    bf16: bool = False, rank_normalization: str = "sum", family=None, method: str = "standard",
+                    missing_rationale: str = "error") -> list[dict[str, Any]]:
     """Predicted label (ranked when the record has candidates, else generated) and optionally a generated rationale.
 
     ``records`` need ``input`` and, for ranking, ``choices`` (None or missing: the task's ``choices`` or generation).
+    ``method`` (the training method) says how to read the student: ``single-task`` generates rationale and label
+    and the task's teacher parser reads the label (unparsable: prediction None); ``single-task-label-first`` ranks
+    candidates as the start of its target (free-form: generates, the label is the text before the separator);
+    ``rationale-input`` reads ``record["rationale"]`` appended to the input (a record without one is an error, or
+    with ``missing_rationale="bare"`` read as its input alone).
     """
     family = family or family_of(model)
+    if method == "single-task":
+        return _predict_single_task(model, tokenizer, task, records, label_prefix, batch_size, max_input_length,
+                                    max_target_length + label_max_new_tokens, rationales, bf16, family)
+    if method == "rationale-input":
+        missing = missing_rationales(records)
+        if missing and missing_rationale != "bare":
+            raise ValueError(f"method rationale-input: {len(missing)} of {len(records)} examples have no rationale "
+                             f"to append to the input (first: id {missing[0]})")
+        records = [{**record, "input": rationale_input_text(record["input"], record["rationale"].strip())}
+                   if usable_rationale(record) else record for record in records]
+        rationales = False  # the student never generates rationales: it reads them
+    label_first = method == "single-task-label-first"
     inputs = [label_prefix + record["input"] for record in records]
     choices = [record.get("choices") or (task.choices(record.get("fields") or {}) if not task.free_form else None)
                for record in records]
@@ -80,21 +102,46 @@ def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]],
     generated = [i for i, c in enumerate(choices) if not c]
     out: list[dict[str, Any]] = [{"id": record.get("id"), "prediction": None} for record in records]
     if ranked:
-        scores = rank_scores(model, tokenizer, [inputs[i] for i in ranked], [choices[i] for i in ranked],
-                             batch_size, max_input_length, bf16, rank_normalization, family)
+        scored = [[label_first_candidate(c) for c in choices[i]] if label_first else choices[i] for i in ranked]
+        scores = rank_scores(model, tokenizer, [inputs[i] for i in ranked], scored,
+                             batch_size, max_input_length, bf16, rank_normalization, family, end=not label_first)
         for i, row in zip(ranked, scores):
             best = max(range(len(row)), key=row.__getitem__)
-            out[i].update(prediction=choices[i][best], scores=dict(zip(choices[i], row)))
+            # label-first scores are of "<label>." prefixes: kept apart from the plain ones that
+            # accuracy_by_rank_normalization re-normalises by the plain candidates' lengths
+            out[i].update(prediction=choices[i][best], **{"prefix_scores" if label_first else "scores":
+                                                          dict(zip(choices[i], row))})
     if generated:
         texts = generate_texts(model, tokenizer, [inputs[i] for i in generated], batch_size, max_input_length,
-                               label_max_new_tokens, bf16, family)
+                               max_target_length + label_max_new_tokens if label_first else label_max_new_tokens,
+                               bf16, family)
         for i, text in zip(generated, texts):
-            out[i]["prediction"] = text
+            out[i]["prediction"] = label_first_label(text) if label_first else text
+            if label_first:
+                out[i]["output"] = text
+    if label_first:
+        rationales = False  # there is no rationale task to ask (a generated label-first text is in "output")
     if rationales:
         texts = generate_texts(model, tokenizer, [rationale_prefix + record["input"] for record in records],
                                batch_size, max_input_length, max_target_length, bf16, family)
         for row, text in zip(out, texts):
             row["rationale"] = text
+    return out
+
+
+def _predict_single_task(model, tokenizer, task, records, label_prefix, batch_size, max_input_length, max_new_tokens,
+                         rationales, bf16, family) -> list[dict[str, Any]]:
+    """The single-task student writes ``<rationale> So the answer is <label>.`` (the task's answer format, at most
+    ``max_new_tokens`` tokens); the task's teacher parser reads the label, None when it cannot."""
+    texts = generate_texts(model, tokenizer, [label_prefix + record["input"] for record in records], batch_size,
+                           max_input_length, max_new_tokens, bf16, family)
+    out = []
+    for record, text in zip(records, texts):
+        parsed = task.parse_teacher(text, record.get("fields"))
+        row = {"id": record.get("id"), "prediction": parsed.label, "output": text, "parse_error": parsed.error}
+        if rationales:
+            row["rationale"] = parsed.rationale
+        out.append(row)
     return out
 
 
@@ -106,7 +153,8 @@ def evaluate_records(model, tokenizer, task: Task, records: list[dict[str, Any]]
     predictions = predict_records(model, tokenizer, task, records, **options)
     for record, row in zip(records, predictions):
         row["gold"] = record["label"]
-        row["correct"] = bool(task.is_correct(row["prediction"], record["label"], record.get("fields")))
+        row["correct"] = row["prediction"] is not None and bool(  # unparsable output (single-task): wrong
+            task.is_correct(row["prediction"], record["label"], record.get("fields")))
     return sum(row["correct"] for row in predictions) / len(predictions), predictions
 
 

@@ -40,9 +40,11 @@ def _candidate_scores(token_logprobs, mask, normalization: str) -> list[float]:
     return total.tolist()
 
 
-def _target_table(tokenizer, choices: list[list[str]]) -> dict[str, list[int]]:
+def _target_table(tokenizer, choices: list[list[str]], end: bool = True) -> dict[str, list[int]]:
+    """Each candidate's target tokens; ``end=False`` drops the end token (the candidate is scored as the START of a
+    longer target, e.g. the label-first ablation's ``<label>. <rationale>``)."""
     candidates = sorted({c for cs in choices for c in cs})
-    return dict(zip(candidates, encode_targets(tokenizer, candidates)))
+    return {c: ids if end else ids[:-1] for c, ids in zip(candidates, encode_targets(tokenizer, candidates))}
 
 
 class Seq2SeqFamily:
@@ -142,13 +144,13 @@ class Seq2SeqFamily:
                      decoder_input_ids=decoder_input_ids).logits
 
     def rank_scores(self, model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int,
-                    max_input_length: int, normalization: str = "sum") -> list[list[float]]:
+                    max_input_length: int, normalization: str = "sum", end: bool = True) -> list[list[float]]:
         """Log-likelihood of every candidate: the encoder runs ONCE per batch, its output is reused for every
         candidate of every example in one decoder pass."""
         import torch
 
         device = model.device
-        target_ids = _target_table(tokenizer, choices)
+        target_ids = _target_table(tokenizer, choices, end)
         scores: list[list[float]] = [[] for _ in prompts]
         for batch, enc, prefix in self._encoder_batches(model, tokenizer, prompts, batch_size, max_input_length):
             hidden = self.encoder_states(model, enc.input_ids, enc.attention_mask)
@@ -232,13 +234,13 @@ class CausalFamily:
         return ids.to(device), mask.to(device), positions.to(device)
 
     def rank_scores(self, model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int,
-                    max_input_length: int, normalization: str = "sum") -> list[list[float]]:
+                    max_input_length: int, normalization: str = "sum", end: bool = True) -> list[list[float]]:
         """Log-likelihood of every candidate: one forward over the batch's prompts, whose KV cache is then copied
         to every (example, candidate) row and extended by the candidates' tokens in a second pass."""
         import torch
 
         device = model.device
-        target_ids = _target_table(tokenizer, choices)
+        target_ids = _target_table(tokenizer, choices, end)
         prompt_rows = self.prompt_ids(tokenizer, prompts, max_input_length)
         scores: list[list[float]] = [[] for _ in prompts]
         for batch in _length_batches([len(r) for r in prompt_rows], batch_size):

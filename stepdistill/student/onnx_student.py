@@ -154,12 +154,12 @@ class OnnxCausalFamily(CausalFamily):
                          keep=torch.as_tensor(keep, dtype=torch.long))
 
     def rank_scores(self, model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int,
-                    max_input_length: int, normalization: str = "sum") -> list[list[float]]:
+                    max_input_length: int, normalization: str = "sum", end: bool = True) -> list[list[float]]:
         """Log-likelihood of every candidate: one row per (example, candidate), the left-padded prompt followed by
         the candidate's tokens but its last; the logits kept are the prompt's last position and the candidate's."""
         import torch
 
-        target_ids = _target_table(tokenizer, choices)
+        target_ids = _target_table(tokenizer, choices, end)
         prompt_rows = self.prompt_ids(tokenizer, prompts, max_input_length)
         scores: list[list[float]] = [[] for _ in prompts]
         for batch in _length_batches([len(r) for r in prompt_rows], batch_size):

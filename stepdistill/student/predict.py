@@ -106,7 +106,8 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
             if missing:
                 raise ValueError(f"input {i}: missing field(s) {', '.join(missing)} for task {task.name}")
             records.append({"id": item.get(task.id_field, i), "input": task.format_input(item),
-                            "choices": None if task.free_form else task.choices(item), "fields": item})
+                            "choices": None if task.free_form else task.choices(item), "fields": item,
+                            "rationale": item.get("rationale")})  # read by rationale-input students
         else:
             records.append({"id": i, "input": str(item), "choices": None if task.free_form else task.choices({})})
     from .evaluate import predict_records, rank_normalization_for
@@ -117,7 +118,8 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
         batch_size=batch_size, max_input_length=meta.get("max_input_length", 512),
         max_target_length=meta.get("max_target_length", 256),
         label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales, bf16=bf16,
-        rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")), family=student_family(student))
+        rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")), family=student_family(student),
+        method=meta.get("method", "standard"))
     for record, row in zip(records, rows):
         row["input"] = record["input"]
     return rows

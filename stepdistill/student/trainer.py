@@ -30,7 +30,7 @@ from .arguments import batch_layout, training_arguments, world_size  # noqa: F40
 from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_length_chunks,  # noqa: F401
                       length_sorted_chunks, length_sorted_micro_batches)
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
-from .examples import select_examples, tokenize_examples, usable_rationale  # noqa: F401  (re-exported)
+from .examples import evaluation_rationales, select_examples, tokenize_examples, usable_rationale  # noqa: F401
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
 from .sharding import rationale_inputs
@@ -179,7 +179,8 @@ class StepByStepTrainer(Trainer):
         config = self.step_config
         _, predictions = evaluate_records(
             model, self.processing_class, self.task, shard, label_prefix=config.label_prefix,
-            rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size,
+            rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size, method=config.method,
+            missing_rationale=config.missing_rationale,
             max_input_length=config.max_input_length, max_target_length=config.max_target_length,
             label_max_new_tokens=config.label_max_new_tokens, rationales=rationales, bf16=config.bf16,
             rank_normalization=self.rank_normalization, family=self.family) if shard else (0.0, [])
@@ -199,7 +200,7 @@ class StepByStepTrainer(Trainer):
         return metrics
 
 
-def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args):
+def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args, extra_texts=()):
     """(model, tokenizer, the base a LoRA run's adapters sit on: ``../student-init`` inside the run folder, an
     absolute local path or a hub / short name)."""
     from .models import TINY_BUILDERS, load_student, student_texts
@@ -211,8 +212,8 @@ def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, arg
     if config.model in TINY_BUILDERS:
         with args.main_process_first(desc="build tiny student"):
             if not (init_dir / "config.json").exists():
-                load_student(config.model, student_texts(train_records, config.label_prefix, config.rationale_prefix),
-                             init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
+                texts = student_texts(train_records, config.label_prefix, config.rationale_prefix) + list(extra_texts)
+                load_student(config.model, texts, init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
         model_source, base = str(init_dir), inside_run
     elif Path(config.model).exists():
         base = str(Path(config.model).resolve())
@@ -262,7 +263,9 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     run_dir.mkdir(parents=True, exist_ok=True)
     if not valid_records:
         raise ValueError("the valid split is empty: it is needed to select the checkpoint")
-    examples, counts = select_examples(train_records, config)
+    examples, counts = select_examples(train_records, config, task)
+    # rationale-input: checks of valid/test rationales and the student's own, before any training
+    bare_inputs, own_rationale_records = evaluation_rationales(config, valid_records, test_records)
     processes = world_size()
     per_device, accumulation = batch_layout(config.batch_size, processes, config.per_device_batch_size)
     checkpoint_dir = run_dir / "checkpoints"
@@ -271,7 +274,11 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         raise RuntimeError(f"WORLD_SIZE says {processes} processes but the Trainer sees {args.world_size}")
 
     set_seed(config.seed)
-    model, tokenizer, base = _load_initial_student(config, train_records, run_dir, args)
+    from .examples import ABLATIONS
+
+    # the ablations' own targets and inputs (answer format, appended rationales) go into a tiny student's tokenizer
+    extra_texts = [text for e in examples for text in (e["input"], e["target"])] if config.method in ABLATIONS else ()
+    model, tokenizer, base = _load_initial_student(config, train_records, run_dir, args, extra_texts)
     family = family_of(model, decoder_prefixes=(config.label_prefix, config.rationale_prefix)
                        if config.shared_encoder else ())
     lora_info = None
@@ -324,6 +331,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
     valid_accuracy, valid_predictions = trainer.score(valid_records)
     test_accuracy, test_predictions = (trainer.score(test_records, rationales=config.generate_rationales)
                                        if test_records else (None, []))
+    own_accuracy, own_predictions = (trainer.score(own_rationale_records) if own_rationale_records
+                                     else (None, []))
     wall_seconds = time.perf_counter() - start
     trained_steps = trainer.state.global_step
     results = {
@@ -352,6 +361,9 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "valid_curve": [[row["step"], row["eval_accuracy"]] for row in trainer.state.log_history
                         if "eval_accuracy" in row],
         "valid_accuracy": valid_accuracy,
+        **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
+        # rationale-input scored on test with the student's own rationales (config.student_rationales)
+        **({"test_accuracy_student_rationales": own_accuracy} if own_rationale_records else {}),
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
@@ -386,6 +398,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         write_jsonl(run_dir / "predictions_valid.jsonl", valid_predictions)
         if test_records:
             write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
+        if own_rationale_records:
+            write_jsonl(run_dir / "predictions_test_student_rationales.jsonl", own_predictions)
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
         write_json(run_dir / "config.json", config_record(config, processes, per_device, accumulation))
         write_json(run_dir / "results.json", results)
