@@ -14,12 +14,15 @@ METHOD_COLORS = {
     "standard-distill": "tab:green",
     "step-by-step-gold": "tab:red",
     "step-by-step-teacher": "tab:orange",
+    "single-task": "tab:purple",
+    "single-task-label-first": "tab:brown",
+    "rationale-input": "tab:gray",
 }
 # The paper's two comparisons (its Figures 4 and 5), plus all four methods on one plot.
 PLOTS = {
     "finetune": ("standard-finetune", "step-by-step-gold"),
     "distill": ("standard-distill", "step-by-step-teacher"),
-    "all": tuple(METHODS),
+    "all": tuple(METHODS),  # every method the sweep ran
 }
 
 

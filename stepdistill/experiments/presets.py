@@ -9,17 +9,25 @@ from typing import Any
 from ..tasks import Task, read_json_file
 
 # sweep method name -> (trainer method, label source)
+PAPER_METHODS = ("standard-finetune", "standard-distill", "step-by-step-gold", "step-by-step-teacher")
 METHODS: dict[str, tuple[str, str]] = {
     "standard-finetune": ("standard", "gold"),
     "standard-distill": ("standard", "teacher"),
     "step-by-step-gold": ("step-by-step", "gold"),
     "step-by-step-teacher": ("step-by-step", "teacher"),
+    # the paper's ablations (gold labels; see docs/training.md)
+    "single-task": ("single-task", "gold"),
+    "single-task-label-first": ("single-task-label-first", "gold"),
+    "rationale-input": ("rationale-input", "gold"),
 }
 METHOD_TITLES = {
     "standard-finetune": "Standard finetuning (gold labels)",
     "standard-distill": "Standard distillation (teacher labels)",
     "step-by-step-gold": "Distilling step-by-step (gold labels)",
     "step-by-step-teacher": "Distilling step-by-step (teacher labels)",
+    "single-task": "Single-task: rationale then label (gold labels)",
+    "single-task-label-first": "Single-task: label then rationale (gold labels)",
+    "rationale-input": "Teacher rationale as input (gold labels)",
 }
 
 
@@ -30,7 +38,7 @@ class Preset:
     name: str
     model: str
     fractions: dict[str, tuple[float, ...]]  # task name -> fractions; key "default" for any other task
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = PAPER_METHODS  # the ablations run when named (--methods)
     seeds: tuple[int, ...] = (0, 1, 2)  # each seed sets both the training seed and the data subset
     max_steps: int = 1000
     batch_size: int = 32  # global batch size
