@@ -112,3 +112,14 @@ def test_curve_refuses_a_price_table_without_the_teacher(tmp_path):
         main(curve + ["--prices", '{"gpt-4o": [2.5, 10.0]}'])
     with pytest.raises(SystemExit, match=r"error: --label-cost must be >= 0"):
         main(curve + ["--label-cost", "-1.0"])
+
+
+def test_every_sweep_method_has_a_spend():
+    from stepdistill.experiments.spend import method_spend
+
+    row = {"teacher_prompt_tokens": 100, "teacher_output_tokens": 20, "teacher_usd": 0.5, "human_label_usd": 0.25}
+    spends = {method: (method_spend(method, row, "tokens"), method_spend(method, row, "usd")) for method in METHODS}
+    assert spends == {
+        "standard-finetune": (0.0, 0.25), "standard-distill": (120.0, 0.5), "step-by-step-gold": (120.0, 0.75),
+        "step-by-step-teacher": (120.0, 0.5), "single-task": (120.0, 0.75), "single-task-label-first": (120.0, 0.75),
+        "rationale-input": (120.0, 0.75)}

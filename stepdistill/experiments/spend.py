@@ -19,6 +19,9 @@ TEACHER_PAYS = {"standard-finetune": False, "standard-distill": True, "step-by-s
                 "step-by-step-teacher": True}
 HUMAN_LABELS_PAY = {"standard-finetune": True, "standard-distill": False, "step-by-step-gold": True,
                     "step-by-step-teacher": False}
+# the ablations train on gold labels and teacher rationales (rationale-input's test-time teacher is not counted)
+for _ablation in ("single-task", "single-task-label-first", "rationale-input"):
+    TEACHER_PAYS[_ablation] = HUMAN_LABELS_PAY[_ablation] = True
 
 
 def check_prices(prices: dict[str, Any] | None, model: str) -> tuple[float, float] | None:
