@@ -42,3 +42,13 @@ def fake_train_from_file(task, train, valid, test, config, run_dir, extra=None):
     (run_dir / "results.json").write_text(json.dumps({
         "method": config.method, "label_source": config.label_source, "seed": config.seed,
         "test_accuracy": accuracy, "valid_accuracy": accuracy, "worker_pid": os.getpid(), **(extra or {})}))
+
+
+def alive(pid: int) -> bool:
+    """Whether a process is running (a zombie is dead, only not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"

@@ -7,24 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import error_line
 
-from stepdistill.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _error_line(capsys, args: list[str]) -> str:
-    """Run the CLI in process; the one error line it ends with (stderr of an option error, or its exit message)."""
-    with pytest.raises(SystemExit) as exited:
-        main(args)
-    code = exited.value.code
-    assert code not in (0, None)
-    printed = capsys.readouterr()
-    message = code if isinstance(code, str) else printed.err
-    lines = [line for line in message.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), message
-    assert "Traceback" not in printed.err
-    return lines[0]
 
 
 @pytest.fixture
@@ -119,21 +105,21 @@ def _cases(tmp_path, run_folder, experiment):
 
 @pytest.mark.parametrize("command", ["data", "generate", "train", "curve", "predict", "run", "serve", "export",
                                      "tune"])
-def test_each_command_fails_with_one_error_line(command, tmp_path, run_folder, experiment, capsys):
+def test_each_command_fails_with_oneerror_line(command, tmp_path, run_folder, experiment, capsys):
     for args, expected in _cases(tmp_path, run_folder, experiment)[command]:
-        line = _error_line(capsys, args)
+        line = error_line(capsys, args)
         assert expected in line, (args, line)
 
 
 def test_preset_and_method_names_are_checked(tmp_path, capsys, shared_data_dir):
     base = ["curve", "--task", "anli1", "--data-dir", str(shared_data_dir), "--out-dir", str(tmp_path)]
-    assert "unknown preset 'smokey'" in _error_line(capsys, base + ["--preset", "smokey"])
-    assert "unknown method(s) step_by_step" in _error_line(capsys, base + ["--preset", "smoke", "--methods",
+    assert "unknown preset 'smokey'" in error_line(capsys, base + ["--preset", "smokey"])
+    assert "unknown method(s) step_by_step" in error_line(capsys, base + ["--preset", "smoke", "--methods",
                                                                            "[step_by_step]"])
 
 
-def test_a_fraction_larger_than_the_data_is_an_error_line(capsys, shared_data_dir, tmp_path):
-    line = _error_line(capsys, ["train", "--task", "esnli", "--data-dir", str(shared_data_dir), "--fraction", "0.05",
+def test_a_fraction_larger_than_the_data_is_anerror_line(capsys, shared_data_dir, tmp_path):
+    line = error_line(capsys, ["train", "--task", "esnli", "--data-dir", str(shared_data_dir), "--fraction", "0.05",
                                 "--output-dir", str(tmp_path)])
     assert line == ("error: option --fraction 0.05 (27,468 of 549,367): only 14,949 training examples exist; "
                     "largest --fraction: 0.02721")
@@ -178,15 +164,15 @@ def test_generate_against_an_unreachable_server_fails_saying_how_many_and_why(tm
     examples = tmp_path / "train.jsonl"
     examples.write_text("".join(json.dumps({"id": i, "premise": "A dog runs.", "hypothesis": "An animal moves.",
                                             "label": "entailment"}) + "\n" for i in range(2)))
-    line = _error_line(capsys, ["generate", "--task", "esnli", "--source", "jsonl", "--files",
+    line = error_line(capsys, ["generate", "--task", "esnli", "--source", "jsonl", "--files",
                                 json.dumps({"train": str(examples)}), "--teacher", "openai:m", "--base-url",
                                 "http://127.0.0.1:9/v1", "--max-attempts", "1", "--timeout", "1", "--progress", "false",
                                 "--out", str(tmp_path / "out.jsonl")])
     assert line == f"error: no usable rationale from openai:m: 2 examples failed (connection 2); see {tmp_path / 'out.jsonl'}"
 
 
-def test_batch_sizes_below_one_are_an_error_line(capsys, tmp_path):
+def test_batch_sizes_below_one_are_anerror_line(capsys, tmp_path):
     base = ["train", "--task", "esnli", "--data-dir", NO_DIR, "--output-dir", str(tmp_path)]
-    assert _error_line(capsys, base + ["--per-device-batch-size", "0"]) == \
+    assert error_line(capsys, base + ["--per-device-batch-size", "0"]) == \
         "error: per_device_batch_size must be at least 1, got 0"
-    assert _error_line(capsys, base + ["--batch-size", "-4"]) == "error: batch_size must be at least 1, got -4"
+    assert error_line(capsys, base + ["--batch-size", "-4"]) == "error: batch_size must be at least 1, got -4"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sweep_workers import alive
 
 from stepdistill.experiments import (
     METHODS, PRESETS, RunSpec, aggregate, check_fractions, get_preset, load_results, markdown_table,
@@ -316,21 +317,13 @@ def test_killing_a_parallel_sweep_kills_its_workers(tmp_path):
     sweep.kill()  # the sweep process only, not its process group
     sweep.wait()
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    orphans = [pid for pid in workers if _alive(pid)]
+    orphans = [pid for pid in workers if alive(pid)]
     for pid in orphans:  # leave nothing running behind a failed test
         os.kill(pid, signal.SIGKILL)
     assert not orphans, "a worker outlived the killed sweep"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, only not yet reaped
-        return stat.read().split(") ")[1][0] != "Z"
 
 
 def test_second_sweep_in_the_same_folder_is_refused(tmp_path):

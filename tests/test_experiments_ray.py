@@ -19,7 +19,7 @@ import pytest
 from stepdistill.experiments import PRESETS, load_results, plan_runs, run_sweep
 from stepdistill.tasks import get_task
 
-from sweep_workers import fake_train_from_file
+from sweep_workers import alive, fake_train_from_file
 from test_experiments import make_esnli_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,14 +95,6 @@ def test_ray_runs_two_at_once_finishes_the_others_after_a_failure_and_resumes(ra
     assert {r["run_key"]: r["test_accuracy"] for r in serial} == {r["run_key"]: r["test_accuracy"] for r in results}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, only not yet reaped
-        return stat.read().split(") ")[1][0] != "Z"
-
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_redoing_finished_runs(ray_cluster, esnli, tmp_path):
@@ -110,7 +102,7 @@ def test_killed_driver_resumes_without_redoing_finished_runs(ray_cluster, esnli,
     folder, data = esnli
     markers = _settings(tmp_path, slow={KEYS[2]: 300, KEYS[3]: 300})
     out = tmp_path / "out"
-    code = ("import sys; sys.path.insert(0, {tests!r}); from sweep_workers import fake_train_from_file; "
+    code = ("import sys; sys.path.insert(0, {tests!r}); from sweep_workers import alive, fake_train_from_file; "
             "from stepdistill.data import load_task_data; from stepdistill.experiments import PRESETS, run_sweep; "
             "run_sweep('esnli', load_task_data('esnli', data_dir={data!r}).splits, PRESETS['smoke'], {out!r}, "
             "train_fn=fake_train_from_file, workers=2, executor='ray', ray_address={address!r})").format(
@@ -126,9 +118,9 @@ def test_killed_driver_resumes_without_redoing_finished_runs(ray_cluster, esnli,
     in_flight = {int(name.split("-")[0]) for name in os.listdir(markers)
                  if name.split("-", 1)[1] in (KEYS[2].replace("/", "_"), KEYS[3].replace("/", "_"))}
     deadline = time.monotonic() + 60
-    while any(_alive(pid) for pid in in_flight) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in in_flight) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in in_flight), "a task outlived its killed driver"
+    assert not any(alive(pid) for pid in in_flight), "a task outlived its killed driver"
     finished_before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/*/results.json")}
     assert {str(p.parent.relative_to(out / "runs")) for p in finished_before} == set(KEYS[:2])
 

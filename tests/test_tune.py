@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from cli_helpers import error_line
 from optuna.trial import TrialState
 
 from stepdistill.cli import _commands, _normalise, main
@@ -26,19 +27,6 @@ def _tune(shared_data_dir, out: Path, trials: int) -> None:
 
 def _study(out: Path):
     return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
-
-
-def _error_line(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exited:
-        main(args)
-    code = exited.value.code
-    assert code not in (0, None)
-    printed = capsys.readouterr()
-    message = code if isinstance(code, str) else printed.err
-    lines = [line for line in message.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), message
-    assert "Traceback" not in printed.err
-    return lines[0]
 
 
 @pytest.mark.shared_data
@@ -115,27 +103,27 @@ def test_space_formats():
     ("{learning_rate: [0, 1e-2, log]}", "error: option --space: field 'learning_rate': a log range needs low > 0"),
     ("{alpha: [0.1, 0.9, lin]}", "error: option --space: field 'alpha': expected [low, high], [low, high, log]"),
 ])
-def test_bad_space_is_one_error_line(capsys, tmp_path, space, message):
-    line = _error_line(capsys, ["tune", "--task", "esnli", "--space", space, "--output-dir", str(tmp_path)])
+def test_bad_space_is_oneerror_line(capsys, tmp_path, space, message):
+    line = error_line(capsys, ["tune", "--task", "esnli", "--space", space, "--output-dir", str(tmp_path)])
     assert line.startswith(message), line
     assert not (tmp_path / "study.db").exists()
 
 
-def test_unknown_config_field_is_one_error_line(capsys, tmp_path):
+def test_unknown_config_field_is_oneerror_line(capsys, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("alpha: 0.3\nlearning_rat: 0.1\n")
-    line = _error_line(capsys, ["train", "--config", str(config), "--task", "esnli", "--output-dir", str(tmp_path)])
+    line = error_line(capsys, ["train", "--config", str(config), "--task", "esnli", "--output-dir", str(tmp_path)])
     assert line == f"error: {config}: unknown field 'learning_rat' (a TrainConfig field, e.g. alpha, learning_rate)"
 
 
 @pytest.mark.shared_data
-def test_a_second_tune_on_a_folder_in_use_is_one_error_line(shared_data_dir, tmp_path, capsys):
+def test_a_second_tune_on_a_folder_in_use_is_oneerror_line(shared_data_dir, tmp_path, capsys):
     from stepdistill.locks import exclusive_lock
 
     out = tmp_path / "study"
     out.mkdir()
     with exclusive_lock(out / "tune.lock", "held by the test"):
-        line = _error_line(capsys, ["tune", *_data(shared_data_dir), "--space", SPACE, "--output-dir", str(out)])
+        line = error_line(capsys, ["tune", *_data(shared_data_dir), "--space", SPACE, "--output-dir", str(out)])
     assert line.startswith(f"error: {out}: another tune is running in this folder (lock {out / 'tune.lock'} held by pid ")
     assert not (out / "study.db").exists()
 

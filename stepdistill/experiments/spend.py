@@ -15,13 +15,13 @@ from ..tasks import Task
 from .presets import METHODS, Preset
 
 REPLAY_TEACHER = "palm-540b"  # the model behind the released teacher outputs of the local/official sources
-TEACHER_PAYS = {"standard-finetune": False, "standard-distill": True, "step-by-step-gold": True,
-                "step-by-step-teacher": True}
-HUMAN_LABELS_PAY = {"standard-finetune": True, "standard-distill": False, "step-by-step-gold": True,
-                    "step-by-step-teacher": False}
 # the ablations train on gold labels and teacher rationales (rationale-input's test-time teacher is not counted)
-for _ablation in ("single-task", "single-task-label-first", "rationale-input"):
-    TEACHER_PAYS[_ablation] = HUMAN_LABELS_PAY[_ablation] = True
+TEACHER_PAYS = {"standard-finetune": False, "standard-distill": True, "step-by-step-gold": True,
+                "step-by-step-teacher": True, "single-task": True, "single-task-label-first": True,
+                "rationale-input": True}
+HUMAN_LABELS_PAY = {"standard-finetune": True, "standard-distill": False, "step-by-step-gold": True,
+                    "step-by-step-teacher": False, "single-task": True, "single-task-label-first": True,
+                    "rationale-input": True}
 
 
 def check_prices(prices: dict[str, Any] | None, model: str) -> tuple[float, float] | None:
