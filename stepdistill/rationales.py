@@ -87,7 +87,8 @@ def load_rationale_caches(patterns: str | Iterable[str]) -> dict[str, dict[str, 
 
 
 def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``.
+    """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``, and
+    ``label_logprobs`` (candidate -> log-probability) where a usable record carries it.
 
     An example the cache lacks is marked ``missing`` (kept, never blanked into a fake rationale).
     """
@@ -100,6 +101,9 @@ def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str,
             usable = record["status"] == "ok"
             update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
                           teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
+            if usable and record.get("label_logprobs") is not None:  # the teacher's distribution (docs: kd_format)
+                update["label_logprobs"] = record["label_logprobs"]
         update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
-        out.append({**example, **update})
+        # a distribution from an earlier join never outlives its record
+        out.append({**{k: v for k, v in example.items() if k != "label_logprobs"}, **update})
     return out

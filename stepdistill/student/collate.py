@@ -29,8 +29,9 @@ class MultiTaskCollator:
     """Pads the label task and, separately, the rationale task of the examples that have one (their targets are
     much longer than labels, so one shared padded batch would waste work on label rows)."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, labels_follow_inputs: bool = False):
         self.pad_token_id = pad_token_id
+        self.labels_follow_inputs = labels_follow_inputs  # causal rows: the soft-label rows repeat the prompt
 
     def _inputs(self, rows: list[list[int]]):
         ids = pad_rows(rows, self.pad_token_id)
@@ -42,7 +43,13 @@ class MultiTaskCollator:
         with_rationale = [f for f in features if f["rationale_labels"]]
         input_ids, attention_mask = self._inputs([f["input_ids"] for f in features])
         rationale_input_ids, rationale_attention_mask = self._inputs([f["rationale_input_ids"] for f in with_rationale])
+        soft = {}
+        if "candidate_ids" in features[0]:  # soft labels: every candidate of every example (student/soft_labels.py)
+            from .soft_labels import soft_label_batch
+
+            soft = soft_label_batch(features, self.pad_token_id, self.labels_follow_inputs)
         return {
+            **soft,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": pad_rows([f["labels"] for f in features], -100),

@@ -8,8 +8,11 @@ from typing import Any
 # standard: input -> label; step-by-step: the paper's two tasks (label, rationale) with prefixes; the paper's
 # ablations, one task each: single-task (target "<rationale> So the answer is <label>." in the task's answer format,
 # label parsed from generated text), single-task-label-first (target "<label>. <rationale>", candidates ranked as
-# the target's start), rationale-input (the teacher's rationale appended to the input, target the label)
-METHODS = ("standard", "step-by-step", "single-task", "single-task-label-first", "rationale-input")
+# the target's start), rationale-input (the teacher's rationale appended to the input, target the label); distill:
+# knowledge distillation on the label task, hard labels (label_source) and soft labels (student/soft_labels.py)
+METHODS = ("standard", "step-by-step", "single-task", "single-task-label-first", "rationale-input", "distill")
+SOFT_LABEL_METHODS = ("standard", "step-by-step", "distill")  # the methods whose label task can take soft labels
+DISTILL_SOFT_WEIGHT = 0.5  # method distill's soft_weight when none is given
 LABEL_SOURCES = ("gold", "teacher")
 META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
 
@@ -24,7 +27,8 @@ class TrainConfig:
     model: str = "tiny"
     # "standard" | "step-by-step" | the paper's ablations "single-task" (target: rationale then label, label parsed
     # from generated text), "single-task-label-first" (target: label then rationale, candidates ranked as its start),
-    # "rationale-input" (teacher rationale appended to the input; valid/test need teacher rationales)
+    # "rationale-input" (teacher rationale appended to the input; valid/test need teacher rationales), "distill"
+    # (label task only, hard labels from label_source plus the teacher's soft labels: see soft_weight)
     method: str = "step-by-step"
     # rationale-input: valid/test examples without a usable teacher rationale are an "error" (the default; the
     # message names split and count), or read "bare" (the input alone; counted in results.json)
@@ -92,6 +96,26 @@ class TrainConfig:
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
 
+    # -- soft labels and schedules (issue 24; stepdistill/student/soft_labels.py, schedules.py) --------------------
+    # weight of the soft-label term in the label task: (1 - w) * CE(hard) + w * T^2 * KL(teacher_T || student_T),
+    # over the candidates, from the caches' label_logprobs; None = 0.5 for method distill, else 0 (off)
+    soft_weight: float | None = None
+    # softmax temperature T of both distributions; 2.0: with 2-5 candidates and a confident teacher, T = 1 leaves
+    # little beyond the hard label, T = 2 shows the ratios of its other candidates (T^2 keeps the gradient scale)
+    temperature: float = 2.0
+    # schedules over the training steps, replacing the plain value: "linear:START:END", "cosine:START:END" or
+    # "constant:VALUE"; the first update uses START, the last END (logged at every logging step)
+    alpha_schedule: str | None = None
+    soft_weight_schedule: str | None = None
+    temperature_schedule: str | None = None
+
+    @property
+    def soft_weight_value(self) -> float:
+        """soft_weight with its method default."""
+        if self.soft_weight is not None:
+            return self.soft_weight
+        return DISTILL_SOFT_WEIGHT if self.method == "distill" else 0.0
+
     @property
     def lora(self) -> bool:
         return bool(self.lora_r)
@@ -124,5 +148,8 @@ class TrainConfig:
             raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
         if self.lora_r is not None and self.lora_r < 0:
             raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
+        from .schedules import check_schedules
+
+        check_schedules(self)  # soft_weight, temperature, the schedules and the methods they apply to
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")

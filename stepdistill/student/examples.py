@@ -116,7 +116,15 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=Non
     ``task`` is needed by the single-task ablation (its answer format)."""
     if config.method == "single-task" and task is None:
         raise ValueError("the single-task method needs the task (its answer format)")
+    from .schedules import soft_labels_on
+
+    soft = soft_labels_on(config)
+    if soft:
+        from .soft_labels import check_task
+
+        check_task(task)
     chosen, dropped, no_rationale, dropped_rationale = [], Counter(), Counter(), Counter()
+    no_soft = Counter()
     for record in records:
         label = record["label"] if config.label_source == "gold" else record.get("teacher_label")
         if label is None:
@@ -134,7 +142,14 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=Non
                 rationale = record["rationale"].strip()
             else:
                 no_rationale[record.get("teacher_error") or "empty_rationale"] += 1
-        chosen.append({"id": record["id"], "input": record["input"], "target": label, "rationale": rationale})
+        example = {"id": record["id"], "input": record["input"], "target": label, "rationale": rationale}
+        if soft:  # the teacher's distribution over the candidates (student/soft_labels.py)
+            from .soft_labels import soft_target
+
+            example["soft"], reason = soft_target(record, label, task)
+            if reason is not None:
+                no_soft[reason] += 1
+        chosen.append(example)
     if not chosen:
         raise ValueError(f"no training example has a {config.label_source} label"
                          + (" and a usable rationale" if config.method in ABLATIONS else ""))
@@ -147,6 +162,12 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=Non
     }
     if config.method in ABLATIONS:
         counts["dropped_no_rationale"] = dict(dropped_rationale)
+    if soft:
+        counts["soft_labels"] = sum(example["soft"] is not None for example in chosen)
+        counts["no_soft_labels"] = dict(no_soft)
+        if not counts["soft_labels"]:
+            raise ValueError(f"soft labels: none of the {len(chosen)} training examples has a usable teacher "
+                             f"record with 'label_logprobs' (teacher errors: {dict(no_soft)})")
     return chosen, counts
 
 
@@ -178,7 +199,22 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     input_ids, labels = family.training_rows(
         tokenizer, [label_prefix + example["input"] for example in examples],
         [example["target"] for example in examples], config.max_input_length, target_length)
+    soft_columns = {}
+    if any(example.get("soft") for example in examples):  # soft labels: every candidate's target ids
+        from .models import encode_targets
+
+        table = {}
+        for example in examples:
+            for choice in (example.get("soft") or {}).get("choices", []):
+                table.setdefault(choice, None)
+        table = dict(zip(table, encode_targets(tokenizer, list(table))))  # as ranking scores them
+        soft_columns = {
+            "candidate_ids": [[table[c] for c in e["soft"]["choices"]] if e.get("soft") else [] for e in examples],
+            "teacher_logprobs": [e["soft"]["teacher"] if e.get("soft") else [] for e in examples],
+            "gold_index": [e["soft"]["gold_index"] if e.get("soft") else -1 for e in examples],
+        }
     return Dataset.from_dict({
+        **soft_columns,
         "example_index": list(range(len(examples))),
         "input_ids": input_ids,
         "labels": labels,

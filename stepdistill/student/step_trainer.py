@@ -17,6 +17,7 @@ from ..tasks import Task
 from .collate import GlobalBatchLengthSampler, default_length_chunks, length_sorted_micro_batches
 from .config import TrainConfig
 from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
+from .schedules import schedules_of, soft_labels_on, values_at
 from .sharding import rationale_inputs
 
 
@@ -60,6 +61,26 @@ class StepByStepTrainer(Trainer):
         self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
         self.eval_seconds = 0.0
         self._row_lengths: list[int] | None = None  # the train rows' lengths, for sort_micro_batches
+        # soft labels and schedules (student/soft_labels.py, schedules.py)
+        self.schedules = schedules_of(step_config)
+        self.soft_labels = soft_labels_on(step_config)
+        if self.soft_labels:
+            self._task_losses["soft_loss"] = []
+
+    def scheduled_values(self, global_step: int | None = None) -> dict[str, float]:
+        """alpha, soft_weight and temperature of the update that runs at ``global_step`` (default: now)."""
+        step = self.state.global_step if global_step is None else global_step
+        return values_at(self.schedules, step, self.step_config.max_steps)
+
+    def soft_label_results(self) -> dict[str, Any]:
+        """results.json fields of the soft-label settings and schedules."""
+        config = self.step_config
+        # a scheduled value is its schedule (in "schedules"), not one number
+        return {"soft_weight": None if config.soft_weight_schedule else
+                config.soft_weight_value if self.soft_labels else 0.0,
+                "temperature": config.temperature if self.soft_labels and not config.temperature_schedule else None,
+                "schedules": {name: getattr(config, f"{name}_schedule") for name in self.schedules
+                              if getattr(config, f"{name}_schedule") is not None} or None}
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -85,10 +106,13 @@ class StepByStepTrainer(Trainer):
 
     def _get_num_items_in_batch(self, batch_samples, device):
         # target tokens per task over the whole global batch: [label tokens, rationale tokens]
-        counts = torch.stack([torch.stack([b["labels"].ne(-100).sum(), b["rationale_labels"].ne(-100).sum()])
+        # [label tokens, rationale tokens] (+ soft-label examples, with soft labels)
+        counts = torch.stack([torch.stack([b["labels"].ne(-100).sum(), b["rationale_labels"].ne(-100).sum()]
+                                          + ([b["soft_rows"].new_tensor(b["soft_rows"].numel())]
+                                             if self.soft_labels else []))
                               for b in batch_samples]).sum(0).to(device)
         if self.args.world_size > 1:
-            counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
+            counts = self.accelerator.gather(counts).view(-1, len(counts)).sum(0)
         return counts
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
@@ -109,6 +133,7 @@ class StepByStepTrainer(Trainer):
                 f.write(json.dumps({"step": self.state.global_step,
                                     "example_index": inputs["example_index"].tolist()}) + "\n")
         two_tasks = self.step_config.method == "step-by-step"
+        values = self.scheduled_values()  # alpha, soft_weight, temperature of this update (student/schedules.py)
         if self.step_config.shared_encoder:
             rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
             (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(
@@ -127,15 +152,25 @@ class StepByStepTrainer(Trainer):
                     model, rationale["rationale_input_ids"], rationale["rationale_attention_mask"],
                     rationale["rationale_labels"])
         global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
-            and num_items_in_batch.numel() == 2
+            and num_items_in_batch.numel() >= 2
         if global_counts:  # training: normalise by the global batch's token counts
-            n_label, n_rationale = num_items_in_batch.clamp(min=1).to(label_sum.dtype)
+            n_label, n_rationale = num_items_in_batch[:2].clamp(min=1).to(label_sum.dtype)
             scale = self.args.world_size  # DDP averages gradients over processes; undo that for a global mean
         else:  # evaluation loss on one batch
             n_label, n_rationale = label_tokens.clamp(min=1), rationale_tokens.clamp(min=1)
             scale = 1
         loss, label_loss, rationale_loss = step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale,
-                                                             self.step_config.alpha, two_tasks)
+                                                             values["alpha"], two_tasks)
+        if self.soft_labels:  # the label task with the teacher's distribution (student/soft_labels.py)
+            from .soft_labels import label_task_loss, soft_loss_sum
+
+            soft_sum, n_here = soft_loss_sum(self.family, model, inputs, values["temperature"],
+                                             self.rank_normalization, self.accelerator.unwrap_model(model))
+            n_soft = (num_items_in_batch[2] if global_counts else n_here).clamp(min=1).to(soft_sum.dtype)
+            label_loss = label_task_loss(label_loss, soft_sum, n_soft, values["soft_weight"], values["temperature"])
+            loss = values["alpha"] * label_loss + (1 - values["alpha"]) * rationale_loss if two_tasks else label_loss
+            if model.training and n_here > 0:
+                self._task_losses["soft_loss"].append((soft_sum / n_here).item())  # KL per example, without T^2
         if model.training:  # per-micro-batch task means, for logging
             self._task_losses["label_loss"].append((label_sum / label_tokens.clamp(min=1)).item())
             if rationale_tokens > 0:
@@ -149,6 +184,14 @@ class StepByStepTrainer(Trainer):
                 if values:
                     logs[name] = round(sum(values) / len(values), 6)
                 values.clear()
+            if self.soft_labels or any(getattr(self.step_config, f"{n}_schedule") for n in self.schedules):
+                # the values the logged step's update used
+                values = self.scheduled_values(max(self.state.global_step - 1, 0))
+                if self.step_config.method != "step-by-step":
+                    values.pop("alpha")  # weighs nothing in a one-task method
+                if not self.soft_labels:
+                    values.pop("soft_weight"), values.pop("temperature")
+                logs.update({name: round(value, 10) for name, value in values.items()})
         super().log(logs, start_time)
 
     def score(self, records: list[dict[str, Any]], rationales: bool = False) -> tuple[float, list[dict[str, Any]]]:

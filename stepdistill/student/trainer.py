@@ -142,7 +142,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
 
     trainer = StepByStepTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset.select(range(1)),
-        data_collator=MultiTaskCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=MultiTaskCollator(tokenizer.pad_token_id, family.labels_follow_inputs), processing_class=tokenizer,
         callbacks=[LogAtCheckpoints(), *(callbacks or [])], step_config=config, task=task,
         eval_records=valid_records, family=family,
         rank_normalization=rank_normalization, batch_log=batch_log)
@@ -179,6 +179,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "lora_r": config.lora_r or None,
         "rank_normalization": rank_normalization,
         "alpha": config.alpha if config.method == "step-by-step" else 1.0,
+        **trainer.soft_label_results(),  # soft_weight, temperature and the schedules (student/soft_labels.py)
         "seed": config.seed,
         "fraction": None,
         "data_seed": None,
