@@ -122,4 +122,4 @@ def test_every_sweep_method_has_a_spend():
     assert spends == {
         "standard-finetune": (0.0, 0.25), "standard-distill": (120.0, 0.5), "step-by-step-gold": (120.0, 0.75),
         "step-by-step-teacher": (120.0, 0.5), "single-task": (120.0, 0.75), "single-task-label-first": (120.0, 0.75),
-        "rationale-input": (120.0, 0.75)}
+        "rationale-input": (120.0, 0.75), "soft-distill": (120.0, 0.5)}

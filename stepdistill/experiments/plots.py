@@ -17,6 +17,7 @@ METHOD_COLORS = {
     "single-task": "tab:purple",
     "single-task-label-first": "tab:brown",
     "rationale-input": "tab:gray",
+    "soft-distill": "tab:olive",
 }
 # The paper's two comparisons (its Figures 4 and 5), plus all four methods on one plot.
 PLOTS = {

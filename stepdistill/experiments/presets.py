@@ -19,6 +19,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "single-task": ("single-task", "gold"),
     "single-task-label-first": ("single-task-label-first", "gold"),
     "rationale-input": ("rationale-input", "gold"),
+    # knowledge distillation: teacher labels and the teacher's label_logprobs (caches from generate --label-logprobs)
+    "soft-distill": ("distill", "teacher"),
 }
 METHOD_TITLES = {
     "standard-finetune": "Standard finetuning (gold labels)",
@@ -28,6 +30,7 @@ METHOD_TITLES = {
     "single-task": "Single-task: rationale then label (gold labels)",
     "single-task-label-first": "Single-task: label then rationale (gold labels)",
     "rationale-input": "Teacher rationale as input (gold labels)",
+    "soft-distill": "Soft-label distillation (teacher labels and distribution)",
 }
 
 

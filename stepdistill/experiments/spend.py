@@ -18,10 +18,10 @@ REPLAY_TEACHER = "palm-540b"  # the model behind the released teacher outputs of
 # the ablations train on gold labels and teacher rationales (rationale-input's test-time teacher is not counted)
 TEACHER_PAYS = {"standard-finetune": False, "standard-distill": True, "step-by-step-gold": True,
                 "step-by-step-teacher": True, "single-task": True, "single-task-label-first": True,
-                "rationale-input": True}
+                "rationale-input": True, "soft-distill": True}
 HUMAN_LABELS_PAY = {"standard-finetune": True, "standard-distill": False, "step-by-step-gold": True,
                     "step-by-step-teacher": False, "single-task": True, "single-task-label-first": True,
-                    "rationale-input": True}
+                    "rationale-input": True, "soft-distill": False}
 
 
 def check_prices(prices: dict[str, Any] | None, model: str) -> tuple[float, float] | None:
