@@ -4,15 +4,16 @@ import sys
 
 from stepdistill.student.trainer import TrainConfig, run_training
 
-from student_toy import toy_records, toy_task
+from student_toy import soft_records, toy_records, toy_task
 
 if __name__ == "__main__":
     group_by_length = sys.argv[2] == "grouped"
     model = sys.argv[3] if len(sys.argv) > 3 else "tiny"
-    records = toy_records(without_rationale=(2, 11))
+    soft = len(sys.argv) > 4 and sys.argv[4] == "soft"  # step-by-step with soft labels (teacher_cache fields)
+    records = soft_records(without_rationale=(2, 11)) if soft else toy_records(without_rationale=(2, 11))
     config = TrainConfig(model=model, method="step-by-step", max_steps=4, batch_size=8, per_device_batch_size=2,
                          learning_rate=3e-3, eval_steps=4, logging_steps=1, seed=5, log_batch_ids=True,
-                         max_target_length=16, group_by_length=group_by_length)
+                         max_target_length=16, group_by_length=group_by_length, soft_weight=0.5 if soft else None)
     run_training(toy_task(), records, records, records[:6], config, sys.argv[1])
     import torch.distributed as dist
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from stepdistill.tasks import SpecTask
@@ -30,6 +32,17 @@ def toy_records(without_rationale: tuple[int, ...] = ()) -> list[dict]:
             "teacher_error": None if usable else "no_answer",
             "fields": fields,
         })
+    return records
+
+
+def soft_records(without_rationale=(1, 5, 12)):
+    """The toy records with a teacher distribution (p(warm) varies by example); the teacher failed on
+    ``without_rationale``, which then carry none."""
+    records = toy_records(without_rationale=without_rationale)
+    for i, record in enumerate(records):
+        if record["teacher_error"] is None:
+            warm = (0.9 - 0.04 * i) if record["label"] == "warm" else (0.05 + 0.03 * i)
+            record["label_logprobs"] = {"warm": math.log(warm), "cold": math.log(1 - warm)}
     return records
 
 

@@ -48,11 +48,13 @@ def test_batch_layout_keeps_the_global_batch():
         batch_layout(64, 3)
 
 
-@pytest.mark.parametrize("order,model", [("random", "tiny"), ("grouped", "tiny"), ("random", "tiny-llama")])
-def test_two_processes_match_one(tmp_path, order, model):
-    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order, model], tmp_path)
+@pytest.mark.parametrize("order,model,kind", [("random", "tiny", "text"), ("grouped", "tiny", "text"),
+                                              ("random", "tiny-llama", "text"),
+                                              ("random", "tiny", "soft")])  # + soft labels (soft_labels.py)
+def test_two_processes_match_one(tmp_path, order, model, kind):
+    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), order, model, kind], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order, model], tmp_path)
+          str(HERE / "ddp_worker.py"), str(tmp_path / "two"), order, model, kind], tmp_path)
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert (one["processes"], one["per_device_batch_size"], one["gradient_accumulation_steps"]) == (1, 2, 4)
@@ -68,5 +70,7 @@ def test_two_processes_match_one(tmp_path, order, model):
     loss = lambda run: [row["loss"] for row in read_log(tmp_path / run) if "loss" in row]
     assert len(loss("one")) == 4
     assert loss("two") == pytest.approx(loss("one"), rel=1e-4)
+    soft_loss = lambda run: [row.get("soft_loss") for row in read_log(tmp_path / run) if "loss" in row]
+    assert (soft_loss("one")[0] is not None) == (kind == "soft")
     assert two["valid_accuracy"] == one["valid_accuracy"]
     assert two["test_accuracy"] == one["test_accuracy"]

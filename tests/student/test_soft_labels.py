@@ -11,23 +11,12 @@ import torch
 from stepdistill.student.trainer import TrainConfig, read_log, run_training
 
 from cli_helpers import error_line
-from student_toy import toy_records, toy_task
+from student_toy import soft_records, toy_records, toy_task
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "tests" / "fixtures" / "sentiment_soft" / "teacher_cache.jsonl"
 SENTIMENT = ["--task", str(REPO / "data" / "sentiment_task.json"), "--source", "jsonl",
              "--files", json.dumps({"train": str(REPO / "data" / "sentiment_train.jsonl")})]
-
-
-def soft_records(without_rationale=(1, 5, 12)):
-    """The toy records with a teacher distribution (p(warm) varies by example); the teacher failed on
-    ``without_rationale``, which then carry none."""
-    records = toy_records(without_rationale=without_rationale)
-    for i, record in enumerate(records):
-        if record["teacher_error"] is None:
-            warm = (0.9 - 0.04 * i) if record["label"] == "warm" else (0.05 + 0.03 * i)
-            record["label_logprobs"] = {"warm": math.log(warm), "cold": math.log(1 - warm)}
-    return records
 
 
 def hand_kl(teacher: list[float], student: list[float], temperature: float) -> float:
