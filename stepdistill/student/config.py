@@ -96,18 +96,19 @@ class TrainConfig:
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
 
-    # -- soft labels and schedules (issue 24; stepdistill/student/soft_labels.py, schedules.py) --------------------
+    # -- soft labels and schedules (issue 24): stepdistill/student/soft_labels.py, schedules.py -------------------
+
     # weight of the soft-label term in the label task: (1 - w) * CE(hard) + w * T^2 * KL(teacher_T || student_T),
     # over the candidates, from the caches' label_logprobs; None = 0.5 for method distill, else 0 (off)
     soft_weight: float | None = None
     # softmax temperature T of both distributions; 2.0: with 2-5 candidates and a confident teacher, T = 1 leaves
     # little beyond the hard label, T = 2 shows the ratios of its other candidates (T^2 keeps the gradient scale)
     temperature: float = 2.0
-    # schedules over the training steps, replacing the plain value: "linear:START:END", "cosine:START:END" or
+    # alpha over the training steps, in place of --alpha: "linear:START:END", "cosine:START:END" or
     # "constant:VALUE"; the first update uses START, the last END (logged at every logging step)
     alpha_schedule: str | None = None
-    soft_weight_schedule: str | None = None
-    temperature_schedule: str | None = None
+    soft_weight_schedule: str | None = None  # soft_weight over the steps, in place of --soft-weight (as alpha's)
+    temperature_schedule: str | None = None  # temperature over the steps, in place of --temperature (as alpha's)
 
     @property
     def soft_weight_value(self) -> float:
