@@ -127,12 +127,18 @@ def kl_sum(student_scores, teacher_logprobs, mask, temperature: float):
     return terms.sum()
 
 
-def soft_loss_sum(family, model, inputs: dict[str, Any], temperature: float, normalization: str, unwrapped=None):
-    """(sum over the micro-batch's soft-label examples of the KL term (without T^2), their number)."""
+def soft_loss_sum(family, model, inputs: dict[str, Any], temperature: float, normalization: str, unwrapped=None,
+                  sharded: bool = False):
+    """(sum over the micro-batch's soft-label examples of the KL term (without T^2), their number). ``sharded``
+    (FSDP, DeepSpeed): a micro-batch without any still runs one forward, weighted 0, as every rank must."""
     mask = inputs["soft_mask"]
     if mask.shape[0] == 0:
-        zero = inputs["soft_teacher"].new_zeros(())
-        return zero, inputs["soft_rows"].new_zeros(())
+        count = inputs["soft_rows"].new_zeros(())
+        if not sharded:
+            return inputs["soft_teacher"].new_zeros(()), count
+        scores = candidate_scores(family, model, inputs["input_ids"][:1], inputs["attention_mask"][:1],
+                                  inputs["labels"][:1], normalization, unwrapped)
+        return 0.0 * scores.sum(), count
     flat = candidate_scores(family, model, inputs["candidate_input_ids"], inputs["candidate_attention_mask"],
                             inputs["candidate_labels"], normalization, unwrapped)
     scores = flat.new_zeros(mask.shape).masked_scatter(mask, flat)  # row-major: the collator's order

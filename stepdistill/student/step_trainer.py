@@ -76,7 +76,7 @@ class StepByStepTrainer(Trainer):
         """results.json fields of the soft-label settings and schedules."""
         config = self.step_config
         # a scheduled value is its schedule (in "schedules"), not one number
-        return {"soft_weight": None if config.soft_weight_schedule else
+        return {**({"alpha": None} if config.alpha_schedule else {}),"soft_weight": None if config.soft_weight_schedule else
                 config.soft_weight_value if self.soft_labels else 0.0,
                 "temperature": config.temperature if self.soft_labels and not config.temperature_schedule else None,
                 "schedules": {name: getattr(config, f"{name}_schedule") for name in self.schedules
@@ -165,7 +165,8 @@ class StepByStepTrainer(Trainer):
             from .soft_labels import label_task_loss, soft_loss_sum
 
             soft_sum, n_here = soft_loss_sum(self.family, model, inputs, values["temperature"],
-                                             self.rank_normalization, self.accelerator.unwrap_model(model))
+                                             self.rank_normalization, self.accelerator.unwrap_model(model),
+                                             sharded=self.is_fsdp_enabled or self.is_deepspeed_enabled)
             n_soft = (num_items_in_batch[2] if global_counts else n_here).clamp(min=1).to(soft_sum.dtype)
             label_loss = label_task_loss(label_loss, soft_sum, n_soft, values["soft_weight"], values["temperature"])
             loss = values["alpha"] * label_loss + (1 - values["alpha"]) * rationale_loss if two_tasks else label_loss

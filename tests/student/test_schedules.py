@@ -69,7 +69,8 @@ def test_scheduled_values_are_logged_at_every_logging_step_and_applied_to_the_lo
             row["soft_weight"] * row["temperature"] ** 2 * row["soft_loss"]
         expected = row["alpha"] * label_task + (1 - row["alpha"]) * row["rationale_loss"]
         assert row["loss"] == pytest.approx(expected, rel=1e-4), row
-    assert (results["soft_weight"], results["temperature"]) == (None, None)  # each is its schedule
+    # each is its schedule
+    assert (results["alpha"], results["soft_weight"], results["temperature"]) == (None, None, None)
     assert results["schedules"] == {"alpha": "cosine:0.8:0.2", "soft_weight": "linear:0:0.5",
                                     "temperature": "linear:4:1"}
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -141,6 +141,11 @@ def test_kl_term_equals_a_hand_computation_from_the_ranking_scores(tmp_path, mod
     model.zero_grad()
     kl.backward()
     assert sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None) > 0
+    # a micro-batch of teacher failures only: nothing to add; sharded (FSDP) still runs one forward, weighted 0
+    failed = MultiTaskCollator(tokenizer.pad_token_id, family.labels_follow_inputs)([dataset[i] for i in (1, 5, 12)])
+    plain, sharded = (soft_loss_sum(family, model, failed, temperature, normalization, sharded=s) for s in (0, 1))
+    assert (plain[0].item(), int(plain[1]), plain[0].requires_grad) == (0.0, 0, False)
+    assert (sharded[0].item(), int(sharded[1]), sharded[0].requires_grad) == (0.0, 0, True)
 
 
 def _run(tmp_path, name, **overrides):
