@@ -76,8 +76,9 @@ class StepByStepTrainer(Trainer):
         """results.json fields of the soft-label settings and schedules."""
         config = self.step_config
         # a scheduled value is its schedule (in "schedules"), not one number
-        return {**({"alpha": None} if config.alpha_schedule else {}),"soft_weight": None if config.soft_weight_schedule else
-                config.soft_weight_value if self.soft_labels else 0.0,
+        soft_weight = config.soft_weight_value if self.soft_labels else 0.0
+        return {**({"alpha": None} if config.alpha_schedule else {}),
+                "soft_weight": None if config.soft_weight_schedule else soft_weight,
                 "temperature": config.temperature if self.soft_labels and not config.temperature_schedule else None,
                 "schedules": {name: getattr(config, f"{name}_schedule") for name in self.schedules
                               if getattr(config, f"{name}_schedule") is not None} or None}
@@ -105,8 +106,8 @@ class StepByStepTrainer(Trainer):
         return batches, num_items_in_batch
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        # target tokens per task over the whole global batch: [label tokens, rationale tokens]
-        # [label tokens, rationale tokens] (+ soft-label examples, with soft labels)
+        # target tokens per task over the whole global batch: [label tokens, rationale tokens] (+ soft-label
+        # examples, with soft labels)
         counts = torch.stack([torch.stack([b["labels"].ne(-100).sum(), b["rationale_labels"].ne(-100).sum()]
                                           + ([b["soft_rows"].new_tensor(b["soft_rows"].numel())]
                                              if self.soft_labels else []))
