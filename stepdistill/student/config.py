@@ -11,6 +11,10 @@ from typing import Any
 # the target's start), rationale-input (the teacher's rationale appended to the input, target the label)
 METHODS = ("standard", "step-by-step", "single-task", "single-task-label-first", "rationale-input")
 LABEL_SOURCES = ("gold", "teacher")
+# which of a self-consistency cache's K sampled rationales (generate --n K) the rationale task trains on: "one" (the
+# cache's chosen rationale), "all" (every sample that parsed), "vote-agree" / "gold-agree" (the samples whose label
+# agrees with the vote / with gold); the label task counts each example once whatever this is (SCoTD-style)
+RATIONALE_SAMPLES = ("one", "all", "vote-agree", "gold-agree")
 META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
 
 
@@ -91,6 +95,9 @@ class TrainConfig:
     disable_tqdm: bool = True
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
+    # step-by-step on a --n K self-consistency cache: the rationale task trains on "one" (the chosen rationale),
+    # "all" samples that parsed, or those whose label agrees with the vote ("vote-agree") or gold ("gold-agree")
+    rationale_samples: str = "one"
 
     @property
     def lora(self) -> bool:
@@ -120,6 +127,10 @@ class TrainConfig:
         parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
         if self.rationale_filter and self.method not in ("standard", "step-by-step"):
             raise ValueError(f"rationale_filter applies to step-by-step training, not to method {self.method!r}")
+        if self.rationale_samples not in RATIONALE_SAMPLES:
+            raise ValueError(f"rationale_samples must be one of {RATIONALE_SAMPLES}, got {self.rationale_samples!r}")
+        if self.rationale_samples != "one" and self.method != "step-by-step":
+            raise ValueError(f"rationale_samples applies to method step-by-step, not to {self.method!r}")
         if self.rank_normalization not in (None, "sum", "mean"):
             raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
         if self.lora_r is not None and self.lora_r < 0:

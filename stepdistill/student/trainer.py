@@ -133,6 +133,7 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         examples, counts["rationale_filter"] = filter_rationales(
             task, examples, train_records, config.rationale_filter, tokenizer, config.max_target_length)
         counts["rationale_task"] = counts["rationale_filter"]["kept"]
+        examples = [e for e in examples if e["target"] is not None or e["rationale"] is not None]  # emptied sample rows
     rank_normalization = rank_normalization_for(task, config.rank_normalization)
     train_dataset = tokenize_examples(examples, tokenizer, config, family)
     batch_log = None
