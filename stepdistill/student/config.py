@@ -42,7 +42,9 @@ class TrainConfig:
     rationale_prefix: str = "[rationale] "
     max_steps: int = 10_000
     batch_size: int = 64
-    per_device_batch_size: int | None = None  # micro-batch cap: less memory, same update; None = batch_size / processes
+    # micro-batch cap (gradient accumulation up to batch_size): less memory, the same update. None = on CPU, the
+    # most rows under a budget of rows x row tokens x width x layers (arguments.auto_micro_batch), else whole batches
+    per_device_batch_size: int | None = None
     learning_rate: float = 5e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0

@@ -136,6 +136,14 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         examples = [e for e in examples if e["target"] is not None or e["rationale"] is not None]  # emptied sample rows
     rank_normalization = rank_normalization_for(task, config.rank_normalization)
     train_dataset = tokenize_examples(examples, tokenizer, config, family)
+    if config.per_device_batch_size is None:  # the default: a micro-batch cap from the model and the rows' lengths
+        from .arguments import auto_micro_batch, row_tokens
+
+        cap = auto_micro_batch(getattr(model, "config", None),
+                               row_tokens(train_dataset, family.labels_follow_inputs), args.device.type)
+        if cap is not None and batch_layout(config.batch_size, processes, cap) != (per_device, accumulation):
+            per_device, accumulation = batch_layout(config.batch_size, processes, cap)
+            args = training_arguments(config, checkpoint_dir, per_device, accumulation)
     batch_log = None
     if config.log_batch_ids:
         batch_log = run_dir / f"batch_ids.rank{args.process_index}.jsonl"
