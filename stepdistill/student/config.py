@@ -81,6 +81,9 @@ class TrainConfig:
     # modules that get adapters; None = peft's default for the architecture (T5: q, v; Llama: q_proj, v_proj)
     lora_target_modules: list[str] | None = None
     generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
+    # step-by-step: also score test by generating each rationale first and predicting the label from the input with
+    # it appended (test_accuracy_rationale_first), to compare with plain [label] prediction
+    rationale_first_eval: bool = False
     report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
     logging_steps: int = 10
     save_total_limit: int = 2
@@ -129,6 +132,8 @@ class TrainConfig:
         parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
         if self.rationale_filter and self.method not in ("standard", "step-by-step"):
             raise ValueError(f"rationale_filter applies to step-by-step training, not to method {self.method!r}")
+        if self.rationale_first_eval and self.method != "step-by-step":
+            raise ValueError(f"rationale_first_eval needs method step-by-step (a rationale task), not {self.method!r}")
         if self.rationale_samples not in RATIONALE_SAMPLES:
             raise ValueError(f"rationale_samples must be one of {RATIONALE_SAMPLES}, got {self.rationale_samples!r}")
         if self.rationale_samples != "one" and self.method != "step-by-step":

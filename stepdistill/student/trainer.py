@@ -176,6 +176,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
                                        if test_records else (None, []))
     own_accuracy, own_predictions = (trainer.score(own_rationale_records) if own_rationale_records
                                      else (None, []))
+    first_accuracy, first_predictions = (trainer.score(test_records, rationale_first=True)
+                                         if config.rationale_first_eval and test_records else (None, []))
     wall_seconds = time.perf_counter() - start
     trained_steps = trainer.state.global_step
     results = {
@@ -207,6 +209,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
         # rationale-input scored on test with the student's own rationales (config.student_rationales)
         **({"test_accuracy_student_rationales": own_accuracy} if own_rationale_records else {}),
+        # step-by-step scored on test with its own rationale generated first, appended to the label input
+        **({"test_accuracy_rationale_first": first_accuracy} if first_predictions else {}),
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
@@ -243,6 +247,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
             write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
         if own_rationale_records:
             write_jsonl(run_dir / "predictions_test_student_rationales.jsonl", own_predictions)
+        if first_predictions:
+            write_jsonl(run_dir / "predictions_test_rationale_first.jsonl", first_predictions)
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
         write_json(run_dir / "config.json", config_record(config, processes, per_device, accumulation))
         write_json(run_dir / "results.json", results)

@@ -99,3 +99,27 @@ def test_train_on_every_sample_end_to_end(tmp_path):
     assert len(losses) == 4 and all(row["rationale_loss"] > 0 for row in losses)
     # 5 rows in batches of 4: the step whose one row is a further sample has rationale tokens only
     assert [row["label_loss"] > 0 for row in losses] == [True, False, True, True]
+
+
+def test_rationale_first_prediction_reads_the_generated_rationale(tmp_path):
+    """rationale_first_eval: test is scored again with each label predicted after the student's own rationale,
+    appended to the label input; the same rows come out of `predict(..., rationale_first=True)`."""
+    import json
+
+    from stepdistill.student.predict import predict
+    from stepdistill.student.trainer import run_training
+
+    records = toy_records()
+    config = TrainConfig(model="tiny", max_steps=6, batch_size=8, eval_steps=6, max_target_length=12,
+                         rationale_first_eval=True, learning_rate=3e-3)
+    results = run_training(toy_task(), records, records[:4], records, config, tmp_path / "run")
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "predictions_test_rationale_first.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(isinstance(row["rationale"], str) for row in rows)
+    assert results["test_accuracy_rationale_first"] == sum(row["correct"] for row in rows) / 16
+    again = predict(tmp_path / "run", [r["fields"] for r in records], rationale_first=True)
+    assert [(r["prediction"], r["rationale"]) for r in again] == [(r["prediction"], r["rationale"]) for r in rows]
+    plain = predict(tmp_path / "run", [r["fields"] for r in records])
+    assert "rationale" not in plain[0] and all(a["scores"] != b["scores"] for a, b in zip(again, plain))
+    with pytest.raises(ValueError, match="rationale_first_eval needs method step-by-step"):
+        TrainConfig(model="tiny", method="standard", rationale_first_eval=True)
