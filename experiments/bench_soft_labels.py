@@ -36,7 +36,7 @@ def teacher_distribution(run_dir: Path, records: list[dict]) -> list[dict]:
     from stepdistill.student.evaluate import rank_scores
     from stepdistill.student.predict import load_trained_student
 
-    student = load_trained_student(run_dir, device="cpu")
+    student = load_trained_student(run_dir, "kinds-demo", device="cpu")
     choices = [list(r["choices"]) for r in records]
     with torch.no_grad():
         scores = rank_scores(student.model, student.tokenizer, ["[label] " + r["input"] for r in records], choices,
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--teacher-dir", help="an already trained teacher (a run folder or one of its checkpoints)")
+    parser.add_argument("--eval-steps", type=int, default=150)
     args = parser.parse_args()
 
     import torch
@@ -74,12 +76,18 @@ def main() -> None:
     train, teacher_train = splits["train"][:args.train], splits["train"][args.train:]
     valid, test = splits["valid"], splits["test"]
     started = time.perf_counter()
-    teacher = run_training(KindsDemo.name, teacher_train, valid, test,
-                           TrainConfig(model="tiny", method="standard", max_steps=args.teacher_steps, batch_size=32,
-                                       learning_rate=3e-3, eval_steps=250, seed=0), out / "teacher")
-    print(f"teacher: test accuracy {100 * teacher['test_accuracy']:.1f} ({len(teacher_train)} problems, "
-          f"{args.teacher_steps} steps, {teacher['train_seconds']:.0f} s)", flush=True)
-    train = teacher_distribution(out / "teacher", train)
+    if args.teacher_dir:
+        teacher_dir = Path(args.teacher_dir)
+        scored = teacher_distribution(teacher_dir, test)
+        teacher = {"test_accuracy": sum(r["teacher_label"] == r["label"] for r in scored) / len(scored)}
+    else:
+        teacher_dir = out / "teacher"
+        teacher = run_training(KindsDemo.name, teacher_train, valid, test,
+                               TrainConfig(model="tiny", method="standard", max_steps=args.teacher_steps,
+                                           batch_size=32, learning_rate=3e-3, eval_steps=250, seed=0), teacher_dir)
+    print(f"teacher {teacher_dir}: test accuracy {100 * teacher['test_accuracy']:.1f} ({len(teacher_train)} "
+          "problems)", flush=True)
+    train = teacher_distribution(teacher_dir, train)
     agree = sum(r["teacher_label"] == r["label"] for r in train) / len(train)
     entropy = sum(-sum(math.exp(v) * v for v in r["label_logprobs"].values()) for r in train) / len(train)
     print(f"teacher on the students' {len(train)} problems: label = gold {100 * agree:.1f}%, mean entropy "
@@ -89,7 +97,8 @@ def main() -> None:
     for name in args.methods:
         for seed in args.seeds:
             config = TrainConfig(model="tiny", label_source="teacher", max_steps=args.steps, batch_size=32,
-                                 learning_rate=3e-3, eval_steps=150, alpha=0.3, seed=seed, **METHODS[name])
+                                 learning_rate=3e-3, eval_steps=args.eval_steps, alpha=0.3, seed=seed,
+                                 **METHODS[name])
             run = run_training(KindsDemo.name, train, valid, test, config,
                                out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") / f"seed{seed}")
             results.setdefault(name, []).append(run)
