@@ -59,8 +59,9 @@ def soft_target(record: dict[str, Any], label: str, task) -> tuple[dict[str, Any
 def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_follow_inputs: bool) -> dict[str, Any]:
     """The collated soft-label rows of a micro-batch: one training row per (example, candidate), in example order
     (row-major), the teacher's log-probs as a padded (examples, most candidates) table with its mask, the hard
-    label's index, and ``soft_rows`` (the batch rows these examples are). Seq2seq: the example's encoder input and
-    the candidate as decoder labels; causal: the example's prompt, then the candidate (the training row layout)."""
+    label's index, and ``soft_rows`` (the batch rows these examples are). Seq2seq: the candidates as decoder labels
+    (the encoder reads the batch row once, :func:`seq2seq_candidate_scores`); causal: rows of the example's prompt,
+    then the candidate (the training row layout), in ``candidate_input_ids``."""
     import torch
 
     from .collate import length_mask, pad_rows
@@ -73,7 +74,8 @@ def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_f
         if labels_follow_inputs:  # the prompt is the row's part without loss
             prompt = prompt[:sum(1 for t in feature["labels"] if t == -100)]
         for candidate in feature["candidate_ids"]:
-            inputs.append(prompt + candidate if labels_follow_inputs else prompt)
+            if labels_follow_inputs:
+                inputs.append(prompt + candidate)
             labels.append([-100] * len(prompt) + candidate if labels_follow_inputs else candidate)
     width = max([len(features[i]["candidate_ids"]) for i in rows], default=1)
     teacher = torch.zeros((len(rows), width), dtype=torch.float32)
@@ -82,10 +84,12 @@ def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_f
         values = features[i]["teacher_logprobs"]
         teacher[r, :len(values)] = torch.tensor(values, dtype=torch.float32)
         mask[r, :len(values)] = True
-    input_ids = pad_rows(inputs, pad_token_id)
+    causal = {}
+    if labels_follow_inputs:
+        input_ids = pad_rows(inputs, pad_token_id)
+        causal = {"candidate_input_ids": input_ids, "candidate_attention_mask": length_mask(inputs, input_ids.shape[1])}
     return {
-        "candidate_input_ids": input_ids,
-        "candidate_attention_mask": length_mask(inputs, input_ids.shape[1]),
+        **causal,
         "candidate_labels": pad_rows(labels, -100),
         "soft_rows": torch.tensor(rows, dtype=torch.long),
         "soft_teacher": teacher,
@@ -96,15 +100,39 @@ def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_f
 
 def candidate_scores(family, model, input_ids, attention_mask, labels, normalization: str = "sum", unwrapped=None):
     """Each row's summed (or per-token mean) target log-probability, with gradients: ranking's score."""
-    import torch
-
     if family.labels_follow_inputs:  # the logit at position t predicts token t + 1
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        targets = labels[:, 1:]
-    else:
-        decoder_input_ids = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
-        targets = labels
+        return _row_scores(logits, labels[:, 1:], normalization)
+    decoder_input_ids = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    return _row_scores(logits, labels, normalization)
+
+
+def seq2seq_candidate_scores(model, inputs: dict[str, Any], normalization: str = "sum", unwrapped=None):
+    """:func:`candidate_scores` of a seq2seq micro-batch's candidate rows with the encoder run ONCE per example (as
+    ranking does), its states reused by every candidate's decoder pass. Both passes go through ``model`` (the
+    DDP/FSDP wrapper), as the shared-encoder loss does."""
+    import torch
+
+    rows, mask = inputs["soft_rows"], inputs["soft_mask"]
+    attention = inputs["attention_mask"][rows]
+    width = max(1, int(attention.sum(1).max()))
+    input_ids, attention = inputs["input_ids"][rows, :width], attention[:, :width]
+    labels = inputs["candidate_labels"]
+    decoder_input_ids = (unwrapped or model).prepare_decoder_input_ids_from_labels(labels=labels)
+    counts = mask.sum(1)
+    first = counts.cumsum(0) - counts  # each example's first candidate row: the encoder pass's decoder input
+    encoded = model(input_ids=input_ids, attention_mask=attention, decoder_input_ids=decoder_input_ids[first])
+    row_of = torch.arange(len(rows), device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+    logits = model(encoder_outputs=(encoded.encoder_last_hidden_state[row_of],), attention_mask=attention[row_of],
+                   decoder_input_ids=decoder_input_ids).logits
+    return _row_scores(logits, labels, normalization)
+
+
+def _row_scores(logits, targets, normalization: str):
+    """Summed (or per-token mean) log-probability of each row's targets (-100: not a target)."""
+    import torch
+
     mask = targets.ne(-100)
     # log-softmax over the vocabulary at the target positions only (not at every prompt position)
     token_logprobs = torch.log_softmax(logits[mask].float(), -1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
@@ -139,8 +167,11 @@ def soft_loss_sum(family, model, inputs: dict[str, Any], temperature: float, nor
         scores = candidate_scores(family, model, inputs["input_ids"][:1], inputs["attention_mask"][:1],
                                   inputs["labels"][:1], normalization, unwrapped)
         return 0.0 * scores.sum(), count
-    flat = candidate_scores(family, model, inputs["candidate_input_ids"], inputs["candidate_attention_mask"],
-                            inputs["candidate_labels"], normalization, unwrapped)
+    if family.labels_follow_inputs:
+        flat = candidate_scores(family, model, inputs["candidate_input_ids"], inputs["candidate_attention_mask"],
+                                inputs["candidate_labels"], normalization, unwrapped)
+    else:
+        flat = seq2seq_candidate_scores(model, inputs, normalization, unwrapped)
     scores = flat.new_zeros(mask.shape).masked_scatter(mask, flat)  # row-major: the collator's order
     return kl_sum(scores, inputs["soft_teacher"].to(flat.dtype), mask, temperature), inputs["soft_rows"].new_tensor(
         mask.shape[0])
