@@ -6,7 +6,8 @@
     field ``label_logprobs`` (rationales.attach_rationales joins it; values need not sum to 1);
   - p_student,T = softmax(scores / T), the scores those of ranking (:meth:`families.*.rank_scores`): each candidate's
     sequence log-probability after ``<label prefix> + input``, summed or per-token mean (the run's
-    rank_normalization), computed here with gradients, for seq2seq and causal students;
+    rank_normalization), computed here with gradients, for seq2seq (the encoder once per example, as ranking) and
+    causal students (one row per candidate);
   - the KL is summed over examples and divided by the number of soft-label examples in the WHOLE global batch (all
     micro-batches on all processes, counted in StepByStepTrainer._get_num_items_in_batch), as the token losses are
     by their global token counts: any micro-batch or device layout gives the same update;
