@@ -36,6 +36,7 @@ import jsonlines
 from ..locks import exclusive_lock
 from ..rationales import CacheError, attach_rationales, index_by_key, load_rationales, read_cache  # noqa: F401
 from ..tasks import Task, get_task
+from . import label_scores
 from .prompts import PromptTemplate, load_template, template_for_task
 from .teachers import GenerationParams, Reply, Teacher
 
@@ -127,7 +128,11 @@ def _group_label(task: Task, label: str, groups: list[str], fields: dict[str, An
 
 
 def finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
-    """Fill the derived fields (status, rationale, label, votes) from the raw outputs. Pure: reruns agree."""
+    """Fill the derived fields (status, rationale, label, votes, label_logprobs) from the raw outputs. Pure."""
+    return label_scores.settle(_finalize(record, task, fields, filter_gold), task, fields)
+
+
+def _finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
     record = dict(record)
     record["gold_filter"] = filter_gold
     if record["status"] == "failed" and not record.get("raw_output") and not record.get("outputs"):
@@ -258,7 +263,7 @@ class RationaleGenerator:
         self.task = get_task(task)
         self.teacher = teacher
         self.cache_path = Path(cache_path)
-        uses_prompt = teacher.kind != "replay"
+        uses_prompt = teacher.uses_prompt
         if isinstance(template, PromptTemplate) or template is None and not uses_prompt:
             self.template = template
         else:
@@ -268,6 +273,8 @@ class RationaleGenerator:
             params = GenerationParams(**{**params.__dict__, "stop": self.template.stop})
         if teacher.kind == "replay" and params.n > 1:
             raise ValueError("the replay teacher has one output per example: self-consistency needs n = 1")
+        teacher.check(params)
+        label_scores.check_supported(self.task, teacher, params)
         self.params = params
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -300,7 +307,9 @@ class RationaleGenerator:
             if self.shard and shard_of(example_id, self.shard[1]) != self.shard[0]:
                 continue
             if self.template is None:
-                prompt, hashed = None, "released"  # a recording: its prompt is the one it was made with
+                # a recording: its prompt is the one it was made with; a teacher reading the example: its input
+                prompt = None
+                hashed = prompt_hash(self.task.format_input(fields)) if self.teacher.uses_fields else "released"
             else:
                 try:
                     prompt = self.template.render(self.task.prompt_fields(fields))
@@ -322,6 +331,7 @@ class RationaleGenerator:
         }
         if len(reply.outputs) > 1:
             record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
+        record.update(label_scores.record_fields(self.task, job.fields, reply))
         record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
                       cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
                       attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))
@@ -386,8 +396,11 @@ class RationaleGenerator:
             loop = asyncio.get_running_loop()
             while todo:
                 batch = [todo.popleft() for _ in range(min(self.teacher.batch_size, len(todo)))]
+                extra = {"fields": [job.fields for job in batch]} if self.teacher.uses_fields else {}
                 replies = await self.teacher.generate([job.prompt for job in batch], [job.example_id for job in batch],
-                                                      self.params)
+                                                      self.params, **extra)
+                if self.params.label_logprobs and self.params.n == 1 and hasattr(self.teacher, "score_candidates"):
+                    await label_scores.score_after_rationales(self.task, self.teacher, batch, replies)
                 waits = []
                 for job, reply in zip(batch, replies):
                     record = self._record(job, reply)
