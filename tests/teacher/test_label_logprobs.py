@@ -8,7 +8,6 @@ import pytest
 from cli_helpers import error_line
 from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
 
-from stepdistill.tasks import get_task
 from stepdistill.teacher.generator import RationaleGenerator
 from stepdistill.teacher.label_scores import from_top_logprobs
 from stepdistill.teacher.teachers import GenerationParams, OpenAITeacher
@@ -120,8 +119,14 @@ def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     examples = write_jsonl(tmp_path / "train.jsonl", nli_examples(2))
     base = ["generate", "--task", "esnli", "--source", "jsonl", "--files", json.dumps({"train": str(examples)}),
             "--out", str(tmp_path / "o.jsonl"), "--progress", "false", "--label-logprobs", "true"]
-    line = error_line(capsys, base + ["--teacher", f"replay:{tmp_path}"])
-    assert line.startswith("error: ") and ("no teacher outputs" in line or "carry no scores" in line)
+    (tmp_path / "released" / "esnli").mkdir(parents=True)
+    (tmp_path / "released" / "esnli" / "palm_train.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "output": "x\nAnswer: entailment"}) + "\n" for i in range(2)))
+    line = error_line(capsys, base + ["--teacher", f"replay:{tmp_path / 'released'}"])
+    assert line == (
+        "error: --label-logprobs: the released outputs (replay teacher) carry no scores; label log-probabilities come "
+        "from openai:MODEL or openai-batch:MODEL (top_logprobs), hf:PATH or student:RUN_DIR (candidate scores), or "
+        "--n K (self-consistency votes)")
     svamp = write_jsonl(tmp_path / "svamp.jsonl", [{"ID": "a1", "Body": "Tom has 3 apples.", "Question": "How many?",
                                                    "Equation": "( 3.0 )", "Answer": 3}])
     line = error_line(capsys, ["generate", "--task", "svamp", "--source", "jsonl", "--files",
@@ -131,21 +136,6 @@ def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
                     "candidates): there is no label distribution to record")
     line = error_line(capsys, base + ["--teacher", "openai:gpt-4o-mini", "--top-logprobs", "21"])
     assert line == "error: --top-logprobs must be between 1 and 20 (the API's limit), got 21"
-
-
-def test_replay_with_label_logprobs_names_what_can(tmp_path):
-    from stepdistill.teacher.teachers import ReplayTeacher
-
-    folder = tmp_path / "esnli"
-    folder.mkdir()
-    (folder / "palm_train.jsonl").write_text(json.dumps({"id": "0", "output": "x\nAnswer: entailment"}) + "\n")
-    teacher = ReplayTeacher(tmp_path, "esnli", "train")
-    with pytest.raises(ValueError) as raised:
-        RationaleGenerator(get_task("esnli"), teacher, tmp_path / "c.jsonl", params=GenerationParams(label_logprobs=True))
-    assert str(raised.value) == (
-        "--label-logprobs: the released outputs (replay teacher) carry no scores; label log-probabilities come from "
-        "openai:MODEL or openai-batch:MODEL (top_logprobs), hf:PATH or student:RUN_DIR (candidate scores), or --n K "
-        "(self-consistency votes)")
 
 
 def test_batch_api_records_the_same_label_logprobs(serve, tmp_path):
