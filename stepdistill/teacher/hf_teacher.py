@@ -261,10 +261,11 @@ class HFTeacher(Teacher):
         return await asyncio.to_thread(self.generate_sync, prompts, params)
 
     # -- candidate scores (--label-logprobs) -------------------------------------------------------------------
-    def score_sync(self, queries: list[tuple[str, str, list[str]]]) -> list[list[float]]:
+    def score_sync(self, queries: list[tuple[str, str, list[str]]]) -> list[list[float] | None]:
         """For each (prompt, answer head, targets): every target's teacher-forced log-probability after the rendered
         prompt and the head, summed over the target's tokens (a token that straddles the boundary counts with the
-        target). One forward pass per query, its targets batched (left-padded, positions from the mask)."""
+        target); None where the text exceeds the model's context. One forward pass per query, its targets batched
+        (left-padded, positions from the mask)."""
         import torch
 
         model, tokenizer = self._load()
@@ -274,6 +275,9 @@ class HFTeacher(Teacher):
             encoded = tokenizer([context + target for target in targets], return_offsets_mapping=True, padding=True,
                                 return_tensors="pt", add_special_tokens=not self.uses_chat)
             mask = encoded["attention_mask"]
+            if self._context and mask.shape[1] > self._context:  # beyond the model's positions: no scores
+                out.append(None)
+                continue
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = model(input_ids=encoded["input_ids"].to(self.device), attention_mask=mask.to(self.device),

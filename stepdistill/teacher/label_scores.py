@@ -179,7 +179,8 @@ async def score_after_rationales(task: Task, teacher: Any, jobs: list[Any], repl
         where.append((i, labels))
     if queries:
         for (i, labels), row in zip(where, await teacher.score_candidates(queries)):
-            replies[i].label_scores = [dict(zip(labels, row))]
+            if row is not None:
+                replies[i].label_scores = [dict(zip(labels, row))]
 
 
 def settle(record: dict[str, Any], task: Task, fields: dict[str, Any]) -> dict[str, Any]:
