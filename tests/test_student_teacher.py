@@ -79,3 +79,35 @@ def test_student_teacher_refusals(student_run, tmp_path, capsys):
     line = error_line(capsys, base + ["--task", TASK, "--files", FILES, "--teacher", f"student:{student_run}",
                                       "--n", "3", "--temperature", "1"])
     assert line == "error: student teacher: it answers once per example (greedy); --n K needs a sampling teacher"
+
+
+def test_an_export_teaches_as_its_run_does(student_run, tmp_path, capsys):
+    from stepdistill.serving.export import export_student
+
+    # LoRA runs are merged into plain weights by export: the same scores up to float rounding
+    exported = export_student(student_run, tmp_path / "export")
+    records = {}
+    for name, teacher in (("run", student_run), ("export", exported)):
+        out = tmp_path / f"{name}.jsonl"
+        main(["generate", "--task", TASK, "--source", "jsonl", "--files", FILES, "--teacher", f"student:{teacher}",
+              "--out", str(out), "--progress", "false", "--device", "cpu", "--limit", "4"])
+        records[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    capsys.readouterr()
+    for run_record, export_record in zip(records["run"], records["export"]):
+        assert export_record["model"] == "export" and export_record["raw_output"] == run_record["raw_output"]
+        assert export_record["label_logprobs"] == pytest.approx(run_record["label_logprobs"], abs=1e-4)
+
+
+def test_teacher_and_student_do_not_import_each_other():
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "stepdistill"
+    for layer, other in (("teacher", "student"), ("student", "teacher")):
+        for path in (root / layer).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    relative = getattr(node, "level", 0)
+                    absolute = name if not relative else ("stepdistill." if relative == 2 else f"stepdistill.{layer}.") + name
+                    assert not absolute.startswith(f"stepdistill.{other}"), f"{path.name} imports {absolute}"
