@@ -95,7 +95,9 @@ def from_top_logprobs(labels: list[str], tokens: TeacherTokens, output: str, sta
     character, along the generated tokens: at each position, an alternative token (or the generated one) that
     completes a candidate's remaining text, or starts it and leaves the generated path, adds
     ``exp(path so far + its logprob)`` to that candidate (a token fitting several candidates goes to none); the
-    candidates whose text the generated token starts go on to the next position. So a multi-token label sums its
+    candidates whose text the generated token starts go on to the next position (a generated token that ends one
+    candidate and starts a longer one, "bank" and "bank account", leaves it to the next token). Probabilities are
+    conditional on the text before the answer, as generated. So a multi-token label sums its
     tokens' log-probabilities as far as the top lists reach; beyond a point where it leaves the generated path its
     remaining tokens are taken as certain. Comparison ignores case ("Neutral" and "neutral" parse alike).
     Candidates with no mass share the rest: ``log(max(rest / missing, 1e-6))``; ``label_logprob_rest`` is
