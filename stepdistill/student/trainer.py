@@ -7,8 +7,9 @@ Methods:
 
 Where things are: example selection and tokenising in :mod:`.examples`, batching in :mod:`.collate`, the loss in
 :mod:`.loss`, the Trainer's arguments in :mod:`.arguments`, LoRA in :mod:`.lora`, run-folder files in
-:mod:`.runfiles`; here the Trainer subclass and :func:`run_training`. Selection: label accuracy on valid every
-``eval_steps``; the best checkpoint on valid is loaded at the end and test is evaluated once on it.
+:mod:`.runfiles`, the Trainer subclass in :mod:`.step_trainer`; here :func:`run_training`. Selection: label
+accuracy on valid every ``eval_steps``; the best checkpoint on valid is loaded at the end and test is evaluated
+once on it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
 
 from ..tasks import Task, get_task
 from .arguments import batch_layout, training_arguments, world_size  # noqa: F401  (batch_layout re-exported)
@@ -31,173 +30,8 @@ from .collate import (GlobalBatchLengthSampler, MultiTaskCollator, default_lengt
                       length_sorted_chunks, length_sorted_micro_batches)
 from .config import LABEL_SOURCES, META_FILE, METHODS, TrainConfig  # noqa: F401  (re-exported)
 from .examples import evaluation_rationales, select_examples, tokenize_examples, usable_rationale  # noqa: F401
-from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
 from .runfiles import read_log  # noqa: F401  (re-exported)
-from .sharding import rationale_inputs
-
-class LogAtCheckpoints(TrainerCallback):
-    """Close the loss-logging window at every checkpoint, so the windows logged up to a checkpoint cover exactly its
-    steps and a resumed run can report the training loss of the whole run (:func:`whole_run_loss`)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            control.should_log = True
-        return control
-
-
-def whole_run_loss(log_history: list[dict[str, Any]], resumed_from: int, this_call_loss: float,
-                   total_steps: int) -> float:
-    """The mean training loss over all ``total_steps`` of a run resumed at ``resumed_from``: the logged windows up
-    to the resumed step (each window's mean loss times its steps) plus this call's mean over the steps it ran."""
-    earlier, previous = 0.0, 0
-    for row in log_history:
-        if "loss" in row and row["step"] <= resumed_from:
-            earlier += row["loss"] * (row["step"] - previous)
-            previous = row["step"]
-    return (earlier + this_call_loss * (total_steps - resumed_from)) / max(total_steps, 1)
-
-
-class StepByStepTrainer(Trainer):
-    """Trainer with the two-task loss, per-task token normalisation and rank-scored validation accuracy."""
-
-    loss_is_scaled_for_ga = True  # compute_loss divides by the global token counts itself
-
-    def __init__(self, *args, step_config: TrainConfig, task: Task, eval_records: list[dict[str, Any]], family,
-                 rank_normalization: str = "sum", batch_log: Path | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.step_config = step_config
-        self.task = task
-        self.family = family
-        self.rank_normalization = rank_normalization
-        self.eval_records = eval_records
-        self.batch_log = batch_log
-        self._task_losses: dict[str, list[float]] = {"label_loss": [], "rationale_loss": []}
-        self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
-        self.eval_seconds = 0.0
-        self._row_lengths: list[int] | None = None  # the train rows' lengths, for sort_micro_batches
-
-    def create_accelerator_and_postprocess(self) -> None:
-        super().create_accelerator_and_postprocess()
-        from .sharding import use_fsdp_on_cpu
-
-        use_fsdp_on_cpu(self)  # accelerate would run --fsdp as DDP on CPUs
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if not self.step_config.group_by_length:
-            return super()._get_train_sampler(train_dataset)
-        return GlobalBatchLengthSampler(dataset["length"], self.step_config.batch_size, self.args.seed)
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.step_config.sort_micro_batches and len(batches) > 1:
-            if self._row_lengths is None:
-                self._row_lengths = list(self.train_dataset["length"])
-            # re-collated from the dataset rows: un-padding the collated tensors would need each family's layout
-            batches = length_sorted_micro_batches(batches, self._row_lengths, self.train_dataset.__getitem__,
-                                                  self.data_collator)
-        return batches, num_items_in_batch
-
-    def _get_num_items_in_batch(self, batch_samples, device):
-        # target tokens per task over the whole global batch: [label tokens, rationale tokens]
-        counts = torch.stack([torch.stack([b["labels"].ne(-100).sum(), b["rationale_labels"].ne(-100).sum()])
-                              for b in batch_samples]).sum(0).to(device)
-        if self.args.world_size > 1:
-            counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
-        return counts
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        # reloading the best checkpoint: weights tied to loaded ones (T5's embeddings, lm_head) are not missing
-        from .quiet import really_missing
-
-        missing = really_missing(self.model, list(load_result.missing_keys))
-        super()._issue_warnings_after_load(SimpleNamespace(missing_keys=missing,
-                                                           unexpected_keys=load_result.unexpected_keys))
-
-    def _task_loss(self, model, input_ids, attention_mask, labels):
-        return token_loss_sum(self.family, model, input_ids, attention_mask, labels, self.length_chunks,
-                              self.accelerator.unwrap_model(model))
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.batch_log is not None and model.training:
-            with self.batch_log.open("a") as f:
-                f.write(json.dumps({"step": self.state.global_step,
-                                    "example_index": inputs["example_index"].tolist()}) + "\n")
-        two_tasks = self.step_config.method == "step-by-step"
-        if self.step_config.shared_encoder:
-            rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
-            (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(
-                self.family, model, self.processing_class, inputs["input_ids"], inputs["attention_mask"],
-                inputs["labels"], rows, inputs["rationale_labels"],
-                (self.step_config.label_prefix, self.step_config.rationale_prefix), self.length_chunks,
-                self.accelerator.unwrap_model(model))
-        else:
-            label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
-                                                      inputs["labels"])
-            rationale_sum, rationale_tokens = label_sum.new_zeros(()), label_tokens.new_zeros(())
-            sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # never skip a pass: ranks gather in step
-            if two_tasks and (sharded or inputs["rationale_labels"].ne(-100).any()):
-                rationale = rationale_inputs(inputs) if sharded else inputs
-                rationale_sum, rationale_tokens = self._task_loss(
-                    model, rationale["rationale_input_ids"], rationale["rationale_attention_mask"],
-                    rationale["rationale_labels"])
-        global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
-            and num_items_in_batch.numel() == 2
-        if global_counts:  # training: normalise by the global batch's token counts
-            n_label, n_rationale = num_items_in_batch.clamp(min=1).to(label_sum.dtype)
-            scale = self.args.world_size  # DDP averages gradients over processes; undo that for a global mean
-        else:  # evaluation loss on one batch
-            n_label, n_rationale = label_tokens.clamp(min=1), rationale_tokens.clamp(min=1)
-            scale = 1
-        loss, label_loss, rationale_loss = step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale,
-                                                             self.step_config.alpha, two_tasks)
-        if model.training:  # per-micro-batch task means, for logging
-            self._task_losses["label_loss"].append((label_sum / label_tokens.clamp(min=1)).item())
-            if rationale_tokens > 0:
-                self._task_losses["rationale_loss"].append((rationale_sum / rationale_tokens).item())
-        loss = loss * scale
-        return (loss, {"label_loss": label_loss, "rationale_loss": rationale_loss}) if return_outputs else loss
-
-    def log(self, logs, start_time=None):
-        if "loss" in logs:
-            for name, values in self._task_losses.items():
-                if values:
-                    logs[name] = round(sum(values) / len(values), 6)
-                values.clear()
-        super().log(logs, start_time)
-
-    def score(self, records: list[dict[str, Any]], rationales: bool = False) -> tuple[float, list[dict[str, Any]]]:
-        """Label accuracy and predictions on ``records`` (sharded over processes, gathered in order)."""
-        from accelerate.utils import gather_object
-
-        from .evaluate import evaluate_records
-        from .sharding import scoring_model
-
-        rank, processes = self.args.process_index, self.args.world_size
-        shard = records[rank::processes]
-        model = scoring_model(self.accelerator.unwrap_model(self.model))  # FSDP: a gathered copy
-        config = self.step_config
-        _, predictions = evaluate_records(
-            model, self.processing_class, self.task, shard, label_prefix=config.label_prefix,
-            rationale_prefix=config.rationale_prefix, batch_size=config.eval_batch_size, method=config.method,
-            missing_rationale=config.missing_rationale,
-            max_input_length=config.max_input_length, max_target_length=config.max_target_length,
-            label_max_new_tokens=config.label_max_new_tokens, rationales=rationales, bf16=config.bf16,
-            rank_normalization=self.rank_normalization, family=self.family) if shard else (0.0, [])
-        if processes > 1:
-            gathered = gather_object([(rank + processes * i, row) for i, row in enumerate(predictions)])
-            predictions = [row for _, row in sorted(gathered, key=lambda item: item[0])]
-        return sum(row["correct"] for row in predictions) / len(predictions), predictions
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        start = time.perf_counter()
-        accuracy, _ = self.score(self.eval_records)
-        seconds = time.perf_counter() - start
-        self.eval_seconds += seconds
-        metrics = {f"{metric_key_prefix}_accuracy": accuracy, f"{metric_key_prefix}_runtime": round(seconds, 3)}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+from .step_trainer import LogAtCheckpoints, StepByStepTrainer, whole_run_loss  # noqa: F401  (re-exported)
 
 
 def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, args, extra_texts=()):
@@ -299,8 +133,17 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         examples, counts["rationale_filter"] = filter_rationales(
             task, examples, train_records, config.rationale_filter, tokenizer, config.max_target_length)
         counts["rationale_task"] = counts["rationale_filter"]["kept"]
+        examples = [e for e in examples if e["target"] is not None or e["rationale"] is not None]  # emptied sample rows
     rank_normalization = rank_normalization_for(task, config.rank_normalization)
     train_dataset = tokenize_examples(examples, tokenizer, config, family)
+    if config.per_device_batch_size is None:  # the default: a micro-batch cap from the model and the rows' lengths
+        from .arguments import auto_micro_batch, row_tokens
+
+        cap = auto_micro_batch(getattr(model, "config", None),
+                               row_tokens(train_dataset, family.labels_follow_inputs), args.device.type)
+        if cap is not None and batch_layout(config.batch_size, processes, cap) != (per_device, accumulation):
+            per_device, accumulation = batch_layout(config.batch_size, processes, cap)
+            args = training_arguments(config, checkpoint_dir, per_device, accumulation)
     batch_log = None
     if config.log_batch_ids:
         batch_log = run_dir / f"batch_ids.rank{args.process_index}.jsonl"
@@ -333,6 +176,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
                                        if test_records else (None, []))
     own_accuracy, own_predictions = (trainer.score(own_rationale_records) if own_rationale_records
                                      else (None, []))
+    first_accuracy, first_predictions = (trainer.score(test_records, rationale_first=True)
+                                         if config.rationale_first_eval and test_records else (None, []))
     wall_seconds = time.perf_counter() - start
     trained_steps = trainer.state.global_step
     results = {
@@ -364,6 +209,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
         # rationale-input scored on test with the student's own rationales (config.student_rationales)
         **({"test_accuracy_student_rationales": own_accuracy} if own_rationale_records else {}),
+        # step-by-step scored on test with its own rationale generated first, appended to the label input
+        **({"test_accuracy_rationale_first": first_accuracy} if first_predictions else {}),
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
@@ -400,6 +247,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
             write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
         if own_rationale_records:
             write_jsonl(run_dir / "predictions_test_student_rationales.jsonl", own_predictions)
+        if first_predictions:
+            write_jsonl(run_dir / "predictions_test_rationale_first.jsonl", first_predictions)
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
         write_json(run_dir / "config.json", config_record(config, processes, per_device, accumulation))
         write_json(run_dir / "results.json", results)
