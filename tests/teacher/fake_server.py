@@ -26,11 +26,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 FAULTS = ("429", "500", "timeout", "malformed", "drop", "truncate")
+SYNTHESIS_SEPARATOR = "\n###\n"  # between the examples of a synthesis prompt (stepdistill.teacher.synthesis_prompts)
 MARKER = re.compile(r"\[ex:([^\]\s]+)\]")
 
 
 def default_output(marker: str) -> str:
     return f"The hypothesis restates part of example {marker}.\nAnswer: entailment"
+
+
+_WORDS = ("violin", "harbor", "lantern", "glacier", "bakery", "orchard", "subway", "canyon", "market", "library",
+          "tractor", "balloon", "meadow", "castle", "ferry", "garage", "pottery", "rooftop", "stadium", "volcano")
+
+
+def default_synthesis(prompt: str) -> str:
+    """A new e-SNLI-shaped example, different for every prompt (synthesis mode: the prompt ends with "Premise:" after
+    a "###" line): words picked by a hash of the prompt, so examples of different slots are not near duplicates."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    words = [_WORDS[b % len(_WORDS)] for b in digest[:6]]
+    return (f" A {words[0]} painter sits beside a {words[1]} near the {words[2]} at dawn, holding {digest[6] % 90 + 2} "
+            f"{words[3]} cards.\nHypothesis: Someone is near a {words[1]}.\nReasonings: A painter beside a {words[1]} "
+            f"is someone near a {words[1]}.\nAnswer: entailment")
 
 
 @dataclass
@@ -45,6 +60,9 @@ class Script:
     retry_after: str = "0.05"  # Retry-After header value sent with 429
     hang_seconds: float = 3.0  # how long a "timeout" fault stalls before answering
     status: int | None = None  # answer every request with this HTTP error status (e.g. 400, 401)
+    # synthesis mode: the output for a whole prompt (None: not scripted); prompts that are synthesis prompts and
+    # have no scripted output get default_synthesis(prompt)
+    prompt_fn: Callable[[str], str | list[str] | None] | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -111,8 +129,12 @@ class FakeOpenAIServer:
                 return script.fault_kinds[digest[8] % len(script.fault_kinds)]
         return None
 
-    def _outputs_for(self, marker: str, n: int) -> list[str]:
-        scripted = self.script.outputs.get(marker)
+    def _outputs_for(self, marker: str, n: int, prompt: str = "") -> list[str]:
+        scripted = self.script.prompt_fn(prompt) if self.script.prompt_fn else None
+        if scripted is None:
+            scripted = self.script.outputs.get(marker)
+        if scripted is None and SYNTHESIS_SEPARATOR in prompt and prompt.rstrip().endswith("Premise:"):
+            scripted = default_synthesis(prompt)
         if scripted is None:
             scripted = self.script.output_fn(marker)
         if isinstance(scripted, str):
@@ -197,7 +219,7 @@ class FakeOpenAIServer:
                     self._send(200, b'{"id": "cmpl-1", "object": "chat.completion", "choices": [{"index": 0, "mess')
                     return
                 n = int(body.get("n") or 1)
-                texts = server._outputs_for(marker, n)
+                texts = server._outputs_for(marker, n, prompt)
                 finish = "stop"
                 if fault == "truncate":
                     texts = [text[: max(1, len(text) // 3)] for text in texts]
