@@ -51,7 +51,9 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
     extra = {"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
              "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"]),
              "test_size": len(test), "test_full_size": len(loaded.splits.get("test", [])),
-             "valid_carved": loaded.valid_carved}
+             "valid_carved": loaded.valid_carved,
+             "synthetic": subset.synthetic, "synthetic_ratio": subset.synthetic_ratio if subset.synthetic else None,
+             "synthetic_examples": sum(bool(record.get("synthetic")) for record in train_records)}
     results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra,
                            callbacks=[ProgressCallback()])
     import torch.distributed as dist

@@ -36,7 +36,7 @@ import jsonlines
 
 from ..data import _rank
 from ..near_duplicates import NearDuplicateIndex
-from ..rationales import CacheError, read_cache
+from ..rationales import CacheError, is_synthetic, read_cache  # noqa: F401 (is_synthetic: importable from here)
 from ..tasks import Task, get_task
 from .generator import RationaleGenerator, _Job, cache_key, lock_cache, prompt_hash
 from .synthesis_prompts import synthesis_template_for_task
@@ -45,10 +45,6 @@ from .teachers import GenerationParams, Reply, Teacher
 REAL_SPLITS = ("test", "valid", "train")  # checked in this order: a leak into test is named as such
 DROP_REASONS = ("invalid_fields", "unknown_label", "unparsable_rationale",
                 *(f"{kind}_{split}" for split in (*REAL_SPLITS, "synthetic") for kind in ("duplicate", "near_duplicate")))
-
-
-def is_synthetic(record: dict[str, Any]) -> bool:
-    return isinstance(record.get("synthetic"), dict)
 
 
 def demonstration_pool(task: Task, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
