@@ -34,18 +34,22 @@ def default_output(marker: str) -> str:
     return f"The hypothesis restates part of example {marker}.\nAnswer: entailment"
 
 
-_WORDS = ("violin", "harbor", "lantern", "glacier", "bakery", "orchard", "subway", "canyon", "market", "library",
-          "tractor", "balloon", "meadow", "castle", "ferry", "garage", "pottery", "rooftop", "stadium", "volcano")
+_NOUNS = ("violin", "harbor", "lantern", "glacier", "bakery", "orchard", "subway", "canyon", "market", "library",
+          "tractor", "balloon", "meadow", "castle", "ferry", "garage")
+_ADJECTIVES = ("red", "quiet", "tall", "muddy", "bright", "narrow", "wooden", "frozen", "crowded", "tiny", "golden",
+               "noisy", "empty", "ancient", "sunny", "windy")
 
 
 def default_synthesis(prompt: str) -> str:
     """A new e-SNLI-shaped example, different for every prompt (synthesis mode: the prompt ends with "Premise:" after
-    a "###" line): words picked by a hash of the prompt, so examples of different slots are not near duplicates."""
+    a "###" line): words picked by a hash of the prompt, so that examples of different prompts are not near
+    duplicates of each other."""
     digest = hashlib.sha256(prompt.encode()).digest()
-    words = [_WORDS[b % len(_WORDS)] for b in digest[:6]]
-    return (f" A {words[0]} painter sits beside a {words[1]} near the {words[2]} at dawn, holding {digest[6] % 90 + 2} "
-            f"{words[3]} cards.\nHypothesis: Someone is near a {words[1]}.\nReasonings: A painter beside a {words[1]} "
-            f"is someone near a {words[1]}.\nAnswer: entailment")
+    adjective = [_ADJECTIVES[b % 16] for b in digest[:4]]
+    noun = [_NOUNS[b >> 4] for b in digest[:4]]
+    return (f" A {adjective[0]} {noun[0]} and a {adjective[1]} {noun[1]} wait by the {adjective[2]} {noun[2]} with "
+            f"{digest[4] % 90 + 2} {noun[3]}s.\nHypothesis: A {noun[1]} is {adjective[3]}.\nReasonings: Nothing says "
+            f"whether the {noun[1]} is {adjective[3]}.\nAnswer: neutral")
 
 
 @dataclass
