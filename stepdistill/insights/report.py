@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .measures import NO_LABEL
+from .synthetic import synthetic_markdown
 
 
 def _pct(part: int, whole: int | None) -> str:
@@ -109,6 +110,8 @@ def markdown(report: dict[str, Any]) -> str:
                      "are known.")
     lines.append(f"Teacher output text, counted with {counted['tokenizer']}: {counted['tokens']:,} tokens in "
                  f"{counted['outputs']:,} outputs.")
+    if report.get("synthetic"):
+        lines += synthetic_markdown(report["synthetic"])
     lines += ["", "Files: " + ", ".join(f"`{name}`" for name in report["files"]) + ".", ""]
     return "\n".join(lines)
 

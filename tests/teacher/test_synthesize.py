@@ -115,7 +115,7 @@ def _scripted(serve, files, tmp_path, count=len(REPLIES)):
     prompts = [job.prompt for job in planner.plan_slots(count)]
     assert len(set(prompts)) == count
     replies = {prompt: reply for prompt, reply in zip(prompts, REPLIES) if reply is not None}
-    server = serve(prompt_fn=replies.get, faults={_marker(prompts[13]): ["500", "500"]})
+    server = serve(prompt_fn=replies.get, faults={_marker(prompts[13]): ["500", "500"]} if count > 13 else {})
     return server, data, prompts
 
 
