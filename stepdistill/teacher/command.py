@@ -39,7 +39,7 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             official datasets/ layout).
         out: The JSON Lines cache to write (appended to; one record per example).
         split: Split to generate for.
-        limit: Only the first N examples (after sharding).
+        limit: Only the first N examples (after sharding); with --synthesize, only the first N slots.
         shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
             ``--merge``).
         concurrency: Requests in flight at once (API teacher; Batch API teacher: batches of up to
@@ -105,8 +105,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         return
 
     if synthesize is not None:
-        wrong = [option for option, value in (("--merge", merge), ("--shard", shard), ("--limit", limit),
-                                              ("--filter-gold", filter_gold)) if value]
+        wrong = [option for option, value in (("--merge", merge), ("--shard", shard), ("--filter-gold", filter_gold))
+                 if value]
         if wrong:
             raise SystemExit(f"error: option {wrong[0]} does not apply to --synthesize")
         if split != "train":
@@ -125,7 +125,10 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         options = dict(device=device, batch_size=batch_size, dtype=dtype, prompt_format=prompt_format,
                        system_prompt=system_prompt)
     if synthesize is not None:
-        return _synthesize(data, teacher, out, options, synthesize, prompt, shots, synthesis_seed, near_threshold,
+        if limit is not None and limit < 1:
+            raise SystemExit(f"error: option --limit: must be at least 1, got {limit}")
+        count = synthesize if limit is None else min(synthesize, limit)
+        return _synthesize(data, teacher, out, options, count, prompt, shots, synthesis_seed, near_threshold,
                            dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed),
                            concurrency, retry_failed, summary_json, progress)
     try:

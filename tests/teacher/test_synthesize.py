@@ -293,7 +293,7 @@ def test_synthesis_errors_are_one_line(tmp_path, monkeypatch, capsys):
             "http://127.0.0.1:9/v1"]
     cases = [
         (["--synthesize", "0"], "error: option --synthesize: must be at least 1, got 0"),
-        (["--synthesize", "3", "--limit", "2"], "error: option --limit does not apply to --synthesize"),
+        (["--synthesize", "3", "--shard", "0/2"], "error: option --shard does not apply to --synthesize"),
         (["--synthesize", "3", "--split", "test"], "error: option --split: --synthesize shows the teacher train"),
         (["--synthesize", "3", "--n", "3", "--temperature", "0.7"], "error: option --n: synthesis takes one sample"),
         (["--synthesize", "3", "--shots", "0"], "error: option --shots: must be at least 1, got 0"),
