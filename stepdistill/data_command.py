@@ -41,7 +41,8 @@ def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | N
         subset: A nested subsample of train (its own counts are reported).
         splits: Splits to load (default: all that exist).
         rationales: `stepdistill generate` caches (paths or globs) whose teacher outputs replace the data's own
-            for the train split, joined by id.
+            for the train split, joined by id; caches of `generate --synthesize` replace the train split
+            (data-free).
         json: Print the report as JSON instead of text.
     """
     from .options import load_data, train_subset

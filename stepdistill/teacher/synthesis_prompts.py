@@ -159,11 +159,11 @@ def parse_synthesis_template(prompt: PromptTemplate, task: Task, list_fields: tu
 
 def synthesis_template_for_task(task: Task, path: str | None = None,
                                 list_fields: tuple[str, ...] = ()) -> SynthesisTemplate:
-    """The synthesis template at ``path``, else the built-in ``<task>_synthesize`` one."""
+    """The synthesis template at ``path``, else the task's built-in one (``prompts/synthesize/<task>.txt``)."""
     if path is None:
         if not task.prompt_name:
             raise ValueError(f"task {task.name!r} has no synthesis template; pass one with --prompt path/to/template.txt")
-        name = f"{task.prompt_name}_synthesize"
+        name = f"synthesize/{task.prompt_name}"
         try:
             prompt = load_template(name)
         except ValueError:

@@ -110,7 +110,7 @@ class SyntheticGenerator(RationaleGenerator):
         cache_path: The JSON Lines cache (created if missing; resumable; rewritten with final statuses at the end).
         splits: The task's real records by split (``train`` for the demonstrations; train, valid and test are
             deduplicated against).
-        template: A synthesis template path; default: the task's built-in ``<task>_synthesize`` template.
+        template: A synthesis template path; default: the task's built-in template (``prompts/synthesize/<task>.txt``).
         params: Generation parameters (one sample per slot); ``stop`` defaults to the template's.
         shots: Real examples shown per slot.
         seed: Seed of the demonstrations' order (part of every slot's id).
