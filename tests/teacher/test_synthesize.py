@@ -311,3 +311,63 @@ def test_synthesis_errors_are_one_line(tmp_path, monkeypatch, capsys):
     rationale_cache = write_jsonl(tmp_path / "r.jsonl", [{"id": "0", "key": "k", "status": "ok"}])
     with pytest.raises(SystemExit, match=r"error: .*r\.jsonl: record 1 \(id 0\) is not a synthetic example"):
         main([a if a != str(tmp_path / "s.jsonl") else str(rationale_cache) for a in base] + ["--synthesize", "3"])
+
+
+def _record(raw_output, finish_reason="stop"):
+    return {"id": "synth-0-0", "key": "k", "status": "ok", "error": None, "error_detail": None,
+            "raw_output": raw_output, "finish_reason": finish_reason, "synthetic": {"task": "x", "slot": 0}}
+
+
+def test_cqa_choices_and_svamp_equations_are_validated(tmp_path):
+    cqa_train = [{"id": f"q{i}", "question": f"Where would you keep item number {i}?",
+                  "choices": ["shelf", "oven", "river", "cloud", "pocket"], "answer": "shelf",
+                  "teacher": "Items are kept on a shelf. So the answer is (a) shelf."} for i in range(3)]
+    files = {"train": str(write_jsonl(tmp_path / "cqa.jsonl", cqa_train))}
+    data = load_task_data("cqa", source="jsonl", files=files, teacher_field="teacher", carve_valid=None)
+    teacher = OpenAITeacher("gpt-4o-mini", api_key=API_KEY)
+    cqa = SyntheticGenerator("cqa", teacher, tmp_path / "c.jsonl", data.splits, shots=2, progress=False)
+    assert "Answer Choices: (a) shelf (b) oven (c) river (d) cloud (e) pocket\nA: Items are kept on a shelf. So the " \
+           "answer is (a) shelf.\n###" in cqa.plan_slots(1)[0].prompt
+    good = " What do you wear on your feet?\nAnswer Choices: (a) hat (b) shoes (c) gloves\nA: Shoes go on feet. " \
+           "So the answer is (b) shoes."
+    record = cqa.assess(_record(good), None)
+    assert (record["status"], record["label"], record["fields"]["choices"]) == ("ok", "shoes", ["hat", "shoes", "gloves"])
+    assert record["input"] == "What do you wear on your feet?\nAnswer Choices:\n(a) hat\n(b) shoes\n(c) gloves"
+    wrong = cqa.assess(_record(good.replace("(b) shoes.", "(d) boots.")), None)
+    assert (wrong["status"], wrong["error"], wrong["error_detail"]) == ("dropped", "unknown_label", "label 'boots'")
+    bad_list = cqa.assess(_record(good.replace("(c) gloves", "(b) gloves")), None)
+    assert (bad_list["error"], bad_list["error_detail"]) == (
+        "invalid_fields", "field 'choices': expected at least two distinct items '(a) ... (b) ...'")
+
+    svamp_train = [{"id": i, "Body": f"Ann has {i + 2} pens and buys 3 more.", "Question": "How many pens has she?",
+                    "Equation": f"( {i + 2}.0 + 3.0 )", "teacher": f"She has {i + 2} + 3 pens. The answer is "
+                    f"({i + 2}.0 + 3.0)."} for i in range(3)]
+    files = {"train": str(write_jsonl(tmp_path / "svamp.jsonl", svamp_train))}
+    data = load_task_data("svamp", source="jsonl", files=files, teacher_field="teacher", carve_valid=None)
+    svamp = SyntheticGenerator("svamp", teacher, tmp_path / "s.jsonl", data.splits, shots=2, progress=False)
+    reply = " Tom had 9 apples and ate 4.\nQuestion: How many apples are left?\nA: 9 - 4 = 5. The answer is (9.0 - 4.0)."
+    record = svamp.assess(_record(reply), None)
+    assert (record["status"], record["label"], record["fields"]["Equation"]) == ("ok", "(9.0 - 4.0)", "(9.0 - 4.0)")
+    hostile = svamp.assess(_record(reply.replace("(9.0 - 4.0)", "(9 ** 9 ** 9)")), None)
+    assert (hostile["status"], hostile["error"]) == ("dropped", "unknown_label")
+    cut = svamp.assess(_record(" Tom had 9 apples.\nQuestion: How many", finish_reason="length"), None)
+    assert (cut["error"], cut["error_detail"]) == ("invalid_fields", "no 'A:' for field 'answer' (the answer was cut "
+                                                                     "off at the token limit)")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("Write one.\nPremise: {premise}", "a synthesis template needs a line '###'"),
+    ("Write one.\n###\nPremise: {premise}\nReasonings: {answer}",
+     "line 4: the example block's placeholders premise must be the task's fields premise, hypothesis, each once"),
+    ("Write one.\n###\nPremise: {premise}\nHypothesis: {hypothesis}\n{answer}", "placeholder {answer} needs a label"),
+    ("Write one.\n###\nPremise: {premise}\nHypothesis: {hypothesis}", "needs {answer} once, as its last placeholder"),
+    ("Write one.\n###\nPremise: {premise}\nReasonings: {answer}\nHypothesis: {hypothesis}",
+     "the example block must end with {answer}|needs {answer} once, as its last placeholder"),
+    ("Write {what}.\n###\nPremise: {premise}\nHypothesis: {hypothesis}\nA: {answer}", "the instruction takes no placeholders"),
+])
+def test_bad_synthesis_templates_name_file_and_problem(tmp_path, body, message):
+    path = tmp_path / "mine.txt"
+    path.write_text("# my template\n" + body)
+    with pytest.raises(ValueError, match=r"mine\.txt: .*(" + message.replace("{", r"\{").replace("}", r"\}")
+                       .replace("(", r"\(").replace(")", r"\)").replace("'", "'") + ")"):
+        synthesis_template_for_task(get_task("esnli"), str(path))
