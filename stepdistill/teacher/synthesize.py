@@ -242,6 +242,7 @@ class SyntheticGenerator(RationaleGenerator):
                 if record["synthetic"].get("task") != self.task.name:
                     raise CacheError(f"{self.cache_path}: record {lineno} is a synthetic example of task "
                                      f"{record['synthetic'].get('task')!r}, not {self.task.name!r}")
+            self._real_indexes()  # built before the first request, not inside a worker on the event loop
             result = await self._generate(jobs)
             final = self._finalize_cache()
         base = result.summary
