@@ -133,17 +133,22 @@ def _real_subset(data, subset: SubsetOptions, records: list[dict]) -> list[dict]
 
 
 def _synthetic_subset(data, subset: SubsetOptions, real: list[dict]) -> list[dict]:
-    """``synthetic_ratio`` synthetic examples per real one, chosen by ``data_seed`` (nested: a smaller choice is
-    inside a larger one)."""
-    from .data import DataError, _rank
     from .rationales import synthetic_records
 
     pool = synthetic_records(data.task, subset.synthetic, option="--synthetic")
-    wanted = round(subset.synthetic_ratio * len(real))
+    return choose_synthetic(pool, subset.synthetic_ratio, real, subset.data_seed, subset.synthetic)
+
+
+def choose_synthetic(pool: list[dict], ratio: float, real: list[dict], seed: int, source: str) -> list[dict]:
+    """``ratio`` synthetic examples of ``pool`` per real one, chosen by ``seed`` (nested: a smaller choice is inside
+    a larger one); more than the pool holds is an error."""
+    from .data import DataError, _rank
+
+    wanted = round(ratio * len(real))
     if wanted > len(pool):
-        raise DataError(f"option --synthetic-ratio {subset.synthetic_ratio:g}: {wanted:,} synthetic examples for "
-                        f"{len(real):,} real ones, but {subset.synthetic} holds {len(pool):,} accepted ones")
+        raise DataError(f"option --synthetic-ratio {ratio:g}: {wanted:,} synthetic examples for {len(real):,} real "
+                        f"ones, but {source} holds {len(pool):,} accepted ones")
     clash = {str(r["id"]) for r in real} & {r["id"] for r in pool}
     if clash:
         raise DataError(f"option --synthetic: synthetic example id {sorted(clash)[0]} is also a real example's id")
-    return sorted(pool, key=lambda r: _rank(subset.data_seed, r["id"], salt="synthetic"))[:wanted]
+    return sorted(pool, key=lambda r: _rank(seed, r["id"], salt="synthetic"))[:wanted]

@@ -2,6 +2,7 @@
 --synthetic-ratio R` added to the real subset (seeded, nested), with their errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from teacher_helpers import API_KEY, write_jsonl
@@ -93,3 +94,42 @@ def test_train_data_free_end_to_end_and_data_shows_the_mix(synthetic, tmp_path, 
     report = json.loads(capsys.readouterr().out)["splits"]
     assert report["subsample"] == {"train": 9, "of": 9, "data_seed": 0, "synthetic": 3}
     assert report["train"]["labels"] == {"entailment": 3, "neutral": 4, "contradiction": 2}
+
+
+def test_curve_sweep_adds_synthetic_examples_to_every_run(synthetic, tmp_path):
+    from dataclasses import replace
+
+    from stepdistill.experiments import PRESETS, run_sweep
+    from stepdistill.options import choose_synthetic
+    from stepdistill.rationales import synthetic_records
+    from stepdistill.tasks import get_task
+
+    files, out, _ = synthetic
+    data = load_data(_options(files))
+    pool = synthetic_records(get_task("esnli"), str(out))
+    seen = {}
+
+    def fake_train(task, train, valid, test, config, run_dir, extra=None):
+        seen[extra["run_key"]] = ([r["id"] for r in train if not r.get("synthetic")],
+                                  [r["id"] for r in train if r.get("synthetic")], extra)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "results.json").write_text(json.dumps({"method": config.method, "seed": config.seed,
+                                                                "test_accuracy": 0.5, **extra}))
+
+    preset = replace(PRESETS["smoke"], fractions={"esnli": (1 / 3, 2 / 3)}, seeds=(0,), methods=("step-by-step-gold",))
+    run_sweep("esnli", data.splits, preset, tmp_path / "sweep", train_fn=fake_train, echo=lambda _: None,
+              full_train_size=9, add_synthetic=lambda real, seed: choose_synthetic(pool, 0.5, real, seed, str(out)))
+    (small_real, small_synth, small), (large_real, large_synth, large) = sorted(seen.values(), key=lambda v: len(v[0]))
+    assert (len(small_real), len(small_synth), len(large_real), len(large_synth)) == (3, 2, 6, 3)
+    assert set(small_synth) <= set(large_synth)  # nested, like the real subsets
+    assert (small["count"], small["synthetic_examples"]) == (3, 2)
+
+
+def test_curve_synthetic_errors_are_one_line(synthetic):
+    from stepdistill.cli import main
+
+    files, out, _ = synthetic
+    base = ["curve", "--task", "esnli", "--source", "jsonl", "--files", json.dumps(files), "--teacher-field",
+            "teacher", "--preset", "smoke", "--synthetic", str(out)]
+    with pytest.raises(SystemExit, match="error: option --synthetic-ratio: must be positive, got -1"):
+        main(base + ["--synthetic-ratio", "-1"])
