@@ -8,7 +8,8 @@ Format of a synthesis template file (the comment and ``# stop:`` header of :mod:
   ``Task.parse_teacher`` reads back), e.g. ``Premise: {premise}\\nHypothesis: {hypothesis}\\nReasonings: {answer}``;
 - the prompt sent is the instruction, each demonstration's block after a ``###`` line, then a last ``###`` line
   and the block's text before its first placeholder (``Premise:``): the teacher continues with a new example.
-  Stop at ``\\n###`` (the built-in templates set it); the parser also cuts the reply there.
+  Stop at ``\\n###`` (the built-in templates set it); the parser also cuts the reply there, and the answer where a
+  line starts with the block's first label (a next example).
 
 A field that holds a list (CQA's ``choices``) is written ``(a) first (b) second ...`` and read back the same way.
 """
@@ -78,9 +79,11 @@ class SynthesisTemplate:
                 return None, None, f"no {marker!r} for field '{name}'"
             starts.append((name, found, found + len(marker)))
             position = found + len(marker)
+        # the answer ends where a next example would begin, should the teacher go on without a separator
+        following = text.find("\n" + self.segments[0][0].strip(), starts[-1][2])
         values: dict[str, str] = {}
         for index, (name, _, start) in enumerate(starts):
-            end = starts[index + 1][1] if index + 1 < len(starts) else len(text)
+            end = starts[index + 1][1] if index + 1 < len(starts) else following if following >= 0 else len(text)
             values[name] = text[start:end].strip()
         fields: dict[str, Any] = {}
         for name in self.fields:

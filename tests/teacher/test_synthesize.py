@@ -279,6 +279,10 @@ def test_reply_parsing_is_bounded():
                                                    "\n###\nPremise: next")
     assert problem is None and fields == {"premise": "A cat naps.", "hypothesis": "It rests."}
     assert answer == "r\nAnswer: neutral"
+    svamp = synthesis_template_for_task(get_task("svamp"))  # a teacher that goes on without a separator
+    fields, answer, problem = svamp.parse_reply(" Ann has 3 pens.\nQuestion: How many?\nA: 3 pens. The answer is "
+                                                "(3.0).\n\nBody: Tom has 4.\nQuestion: How many?\nA: The answer is (4.0).")
+    assert problem is None and answer == "3 pens. The answer is (3.0)."
 
 
 def test_synthesis_errors_are_one_line(tmp_path, monkeypatch, capsys):
