@@ -45,7 +45,7 @@ def parse_shrink(name: str) -> tuple[str, dict[str, list[int] | str]]:
             raise ValueError(f"{where}: unknown part {key!r} (layers=, enc=, dec=)")
         if key in parts:
             raise ValueError(f"{where}: {key}= given twice")
-        parts[key] = _indices(value.strip(), f"{where}: {key}=")
+        parts[key] = _indices(value.strip(), f"{where}: {key}={value.strip()}")
     if "layers" in parts and len(parts) > 1:
         raise ValueError(f"{where}: give layers= or enc=/dec=, not both")
     return path, parts
@@ -55,10 +55,10 @@ def _indices(value: str, where: str) -> list[int] | str:
     if value == "all":
         return "all"
     if not re.fullmatch(r"\d+(,\d+)*", value):
-        raise ValueError(f"{where} expected layer indices like 0,2,4 or all, got {value!r}")
+        raise ValueError(f"{where}: expected layer indices like 0,2,4 or all")
     indices = [int(v) for v in value.split(",")]
     if any(b <= a for a, b in zip(indices, indices[1:])):
-        raise ValueError(f"{where} layer indices must increase without repeats, got {value!r}")
+        raise ValueError(f"{where}: layer indices must increase without repeats")
     return indices
 
 
