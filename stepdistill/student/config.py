@@ -93,6 +93,7 @@ class TrainConfig:
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
     # --- knowledge distillation from a local teacher (issue 24, items 3 and 4; student/online_kd.py, kd.py) ---
+
     # a checkpoint folder, `stepdistill train` run folder or export of the same family and vocabulary as the student;
     # it runs teacher-forced on the same rows (no gradients) for the token and hidden-state terms
     kd_teacher: str | None = None

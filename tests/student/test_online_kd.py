@@ -227,3 +227,47 @@ def test_identical_teacher_and_student_give_zero_kd_and_a_vocabulary_mismatch_is
                            "option --kd-teacher: not supported with --shared-encoder")):
         line = error_line(capsys, ["train", "--task", "esnli", *args, "--output-dir", str(tmp_path / "o")])
         assert message in line, line
+
+
+def test_a_causal_student_cut_from_a_llama_teacher_has_the_hand_composed_first_step_loss(tmp_path):
+    """Decoder-only: the logit at position t predicts token t + 1, so KD and the hidden states are taken at the
+    positions that predict target tokens; checked row by row without padding."""
+    from transformers import AutoModelForCausalLM
+
+    from stepdistill.student.families import CausalFamily
+
+    records = toy_records(without_rationale=(5,))
+    teacher_dir = build_tiny_llama(student_texts(records, "[label] ", "[rationale] "), tmp_path / "teacher", seed=4,
+                                   vocab_size=300, num_hidden_layers=3)
+    alpha, w, wh = 0.6, 0.4, 0.3
+    config = TrainConfig(model=f"shrink:{teacher_dir}:layers=0,2", kd_teacher=str(teacher_dir), token_kd_weight=w,
+                         kd_divergence="rkl", hidden_weight=wh, hidden_layers="2:3", alpha=alpha, max_steps=1,
+                         batch_size=16, learning_rate=1e-3, eval_steps=1, logging_steps=1, max_target_length=16)
+    run = tmp_path / "run"
+    assert run_training(toy_task(), records, records[:4], [], config, run)["family"] == "causal"
+    student = AutoModelForCausalLM.from_pretrained(run / "student-init").eval()
+    teacher, tokenizer = load_student(teacher_dir)
+    family = CausalFamily()
+
+    def task_loss(prompts, targets):
+        rows, labels = family.training_rows(tokenizer, prompts, targets, 1024, 16)
+        ce = kd = mse = n = 0.0
+        for row, label in zip(rows, labels):
+            ids = torch.tensor([row])
+            with torch.no_grad():
+                s = student(input_ids=ids, output_hidden_states=True)
+                t = teacher(input_ids=ids, output_hidden_states=True)
+            target = torch.tensor(label[1:])
+            keep = target.ne(-100)
+            ce += torch.nn.functional.cross_entropy(s.logits[0, :-1][keep], target[keep], reduction="sum").item()
+            kd += token_divergence(s.logits[0, :-1][keep], t.logits[0, :-1][keep], "rkl").sum().item()
+            mse += (s.hidden_states[2][0, :-1][keep] - t.hidden_states[3][0, :-1][keep]).pow(2).mean(-1).sum().item()
+            n += int(keep.sum())
+        return ((1 - w) * ce + w * kd + wh * mse) / n
+
+    label = task_loss(["[label] " + r["input"] for r in records], [r["label"] for r in records])
+    rationale = task_loss(["[rationale] " + r["input"] for r in records if r["rationale"]],
+                          [r["rationale"] for r in records if r["rationale"]])
+    first = [row for row in read_log(run) if "loss" in row][0]
+    assert first["loss"] == pytest.approx(alpha * label + (1 - alpha) * rationale, rel=1e-4)
+    assert first["label_token_kd_loss"] > 1e-3 and first["rationale_hidden_loss"] > 1e-3
