@@ -271,3 +271,26 @@ def test_a_causal_student_cut_from_a_llama_teacher_has_the_hand_composed_first_s
     first = [row for row in read_log(run) if "loss" in row][0]
     assert first["loss"] == pytest.approx(alpha * label + (1 - alpha) * rationale, rel=1e-4)
     assert first["label_token_kd_loss"] > 1e-3 and first["rationale_hidden_loss"] > 1e-3
+
+
+def test_a_resumed_run_keeps_the_trained_projections(teacher_dir, tmp_path):
+    """The projections are part of the checkpoints: 2 steps, then resumed to 4, train what 4 steps in one go do."""
+    from safetensors.torch import load_file
+
+    records = toy_records()[:8]
+    student_dir = _narrow_student(teacher_dir, tmp_path / "narrow")
+    base = dict(model=str(student_dir), kd_teacher=str(teacher_dir), token_kd_weight=0.5, hidden_weight=1.0,
+                batch_size=8, learning_rate=3e-3, eval_steps=1, logging_steps=1, max_target_length=16,
+                keep_checkpoints=True)
+    run_training(toy_task(), records, records[:2], [], TrainConfig(max_steps=4, **base), tmp_path / "whole")
+    run_training(toy_task(), records, records[:2], [], TrainConfig(max_steps=2, **base), tmp_path / "parts")
+    two = load_file(tmp_path / "parts" / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    resumed = run_training(toy_task(), records, records[:2], [],
+                           TrainConfig(max_steps=4, resume_from_checkpoint="last", **base), tmp_path / "parts")
+    assert resumed["resumed_from_step"] == 2
+    whole = load_file(tmp_path / "whole" / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    parts = load_file(tmp_path / "parts" / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    name = "kd_projections.1.weight"
+    assert not torch.allclose(two[name], parts[name])  # it trained on after the resume
+    assert all(torch.allclose(whole[k], parts[k], rtol=1e-4, atol=1e-6) for k in whole), \
+        [k for k in whole if not torch.allclose(whole[k], parts[k], rtol=1e-4, atol=1e-6)]
