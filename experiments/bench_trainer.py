@@ -8,12 +8,14 @@ Reference algorithm (re-implemented here from its description, on the same HF Se
 Ours: `stepdistill.student.trainer.run_training` (per-task token means over the global batch, rank-scored validation
 accuracy with one encoder pass per batch, best checkpoint kept) with the reference's data order (random sampler,
 same seed: the same examples in every batch), run as:
-  - "ours": the defaults; with one torch thread each batch runs in 4 length-sorted chunks padded only to their own
+  - "ours": the defaults, exactly what `stepdistill train` does with no options (its micro-batch is the derived
+    default of ``per_device_batch_size=None``, printed in the table); with one torch thread each batch runs in 4 length-sorted chunks padded only to their own
     longest row (the same loss sum and update as one padded batch, less padding computed), with more threads in 1;
   - "ours shared": `shared_encoder=True`, one encoder pass per batch for both tasks (the task prefix goes to the
     decoder): a different model, so its accuracy is compared over seeds (skip with --no-shared);
   - with --one-chunk "ours 1 chunk": one padded batch per task, like the reference, to show what the chunks do;
   - with --grouped "ours grouped": length-grouped global batches (a different data order);
+  - with --whole-batch "ours whole": micro-batches of the whole batch (the default before the derived one);
   - with --micro-batch N every "ours" side trains in micro-batches of N rows with gradient accumulation up to the
     global batch (``per_device_batch_size``): the same update, a quarter of the activations at N = batch / 4; each
     step's rows are dealt to its micro-batches longest first (``sort_micro_batches``), and with
@@ -192,7 +194,8 @@ def run_ours(args, train, valid, test, init) -> dict:
                          max_target_length=args.max_target_length, label_max_new_tokens=64,
                          logging_steps=args.eval_steps, group_by_length=args.group_by_length,
                          length_chunks=args.length_chunks, shared_encoder=args.shared_encoder,
-                         per_device_batch_size=args.micro_batch, gradient_checkpointing=args.checkpointing,
+                         per_device_batch_size=args.batch_size if args.whole else args.micro_batch,
+                         gradient_checkpointing=args.checkpointing,
                          sort_micro_batches=not args.no_sort_micro_batches)
     from stepdistill.student.models import load_student
     from stepdistill.student.trainer import read_log
@@ -201,6 +204,7 @@ def run_ours(args, train, valid, test, init) -> dict:
                                      f"{'-shared' if args.shared_encoder else ''}"
                                      f"{'' if args.length_chunks is None else f'-chunks{args.length_chunks}'}"
                                      f"{'' if args.micro_batch is None else f'-mb{args.micro_batch}'}"
+                                     f"{'-whole' if args.whole else ''}"
                                      f"{'-ckpt' if args.checkpointing else ''}"
                                      f"{'-unsorted' if args.no_sort_micro_batches else ''}"
                                      f"-seed{args.seed}")
@@ -210,7 +214,8 @@ def run_ours(args, train, valid, test, init) -> dict:
     from stepdistill.student.families import Seq2SeqFamily
 
     family = Seq2SeqFamily(PREFIXES if args.shared_encoder else ())
-    return {"train_and_eval_seconds": results["train_seconds"], "train_and_eval_cpu_seconds": results["train_cpu_seconds"],
+    return {"per_device_batch_size": results["per_device_batch_size"],
+            "train_and_eval_seconds": results["train_seconds"], "train_and_eval_cpu_seconds": results["train_cpu_seconds"],
             "valid_curve": curve,
             "final_valid_accuracy": curve[-1][1], "best_valid_accuracy": max(a for _, a in curve),
             "wall_seconds_with_final_scoring": results["wall_seconds"],
@@ -283,6 +288,9 @@ def main() -> None:
                         help="ours: per_device_batch_size (gradient accumulation up to --batch-size: same update, "
                              "less activation memory)")
     parser.add_argument("--checkpointing", action="store_true", help="ours: gradient_checkpointing")
+    parser.add_argument("--whole-batch", action="store_true",
+                        help="also run ours in micro-batches of the whole batch (the default before the derived one)")
+    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unsorted-micro-batches", action="store_true",
                         help="also run ours with micro-batches as the dataloader deals them (with --micro-batch)")
     parser.add_argument("--no-sort-micro-batches", action="store_true", help=argparse.SUPPRESS)
@@ -299,7 +307,8 @@ def main() -> None:
     runs += [("ours grouped", ["--group-by-length"])] if args.grouped else []
     runs += [("ours bf16", ["--bf16"])] if args.bf16 else []
     runs += [("ours unsorted", ["--no-sort-micro-batches"])] if args.unsorted_micro_batches else []
-    flags = ("--bf16", "--grouped", "--one-chunk", "--no-shared", "--unsorted-micro-batches")
+    runs += [("ours whole", ["--whole"])] if args.whole_batch else []
+    flags = ("--bf16", "--grouped", "--one-chunk", "--no-shared", "--unsorted-micro-batches", "--whole-batch")
     base = [a for a in sys.argv[1:] if a not in flags]
     if "--seeds" in base:  # the workers get one --seed each
         at = base.index("--seeds")
@@ -340,14 +349,15 @@ def print_tables(args, results: dict[str, list[dict]]) -> None:
           + (f"; ours in micro-batches of {args.micro_batch}" if args.micro_batch else "")
           + ("; ours with gradient checkpointing" if args.checkpointing else ""))
     score = "rank" if first["test"]["rank"] is not None else "generate_string_match"
-    header = (f"{'trainer':<14}{'train+eval s':>15}{'speed-up':>10}{'CPU s':>15}{'CPU speed-up':>14}"
+    header = (f"{'trainer':<14}{'micro':>6}{'train+eval s':>15}{'speed-up':>10}{'CPU s':>15}{'CPU speed-up':>14}"
               f"{'peak RSS MB':>14}{'valid (best) %':>16}{'test % (' + score.split('_')[0] + ')':>16}")
     print(header + "\n" + "-" * len(header))
     for label, runs in results.items():
         # ratios of summed times; CPU time (all threads of the process) is the steadier one on a shared machine
         wall = sum(r["train_and_eval_seconds"] for r in ref) / sum(r["train_and_eval_seconds"] for r in runs)
         cpu = (sum(r["train_and_eval_cpu_seconds"] for r in ref) / sum(r["train_and_eval_cpu_seconds"] for r in runs))
-        print(f"{label:<14}{_mean_sd([r['train_and_eval_seconds'] for r in runs]):>15}{wall:>9.2f}x"
+        micro = runs[0].get("per_device_batch_size") or args.batch_size  # the reference: one batch
+        print(f"{label:<14}{micro:>6}{_mean_sd([r['train_and_eval_seconds'] for r in runs]):>15}{wall:>9.2f}x"
               f"{_mean_sd([r['train_and_eval_cpu_seconds'] for r in runs]):>15}{cpu:>13.2f}x"
               f"{_mean_sd([r['peak_rss_mb'] for r in runs], digits=0):>14}"
               f"{_mean_sd([r['best_valid_accuracy'] for r in runs], 100):>16}"

@@ -101,5 +101,9 @@ def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str,
             update = dict(teacher_output=record.get("raw_output"), rationale=record.get("rationale") if usable else None,
                           teacher_label=record.get("label"), teacher_error=None if usable else record.get("error"))
         update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
+        if record is not None and record.get("outputs") and update["teacher_error"] is None:
+            # self-consistency samples (generate --n K), for training on every sampled rationale
+            update["teacher_outputs"] = list(record["outputs"])
+            update["teacher_finish_reasons"] = record.get("finish_reasons")
         out.append({**example, **update})
     return out

@@ -26,6 +26,33 @@ def batch_layout(global_batch: int, processes: int, per_device_cap: int | None =
     return per_device, per_process // per_device
 
 
+# CPU micro-batch budget, in rows x longest row tokens (both tasks' passes) x width x layers: under it a micro-batch
+# trains as fast as the whole batch in less memory; over it, smaller micro-batches save memory at no cost in speed
+# (experiments/bench_micro_batch.py; figures in docs/training.md)
+CPU_MICRO_BATCH_BUDGET = 2 ** 24
+
+
+def row_tokens(dataset, labels_follow_inputs: bool) -> int:
+    """The longest training row's tokens over both tasks' passes (their graphs are alive together until backward)."""
+    if labels_follow_inputs:  # causal rows hold their targets inside the inputs
+        return max(len(a) + len(b) for a, b in zip(dataset["input_ids"], dataset["rationale_input_ids"]))
+    return max(dataset["length"])
+
+
+def auto_micro_batch(model_config, tokens: int, device_type: str) -> int | None:
+    """The per-device micro-batch cap of ``per_device_batch_size=None`` (None: no cap, the whole per-process batch).
+    On CPU, the most rows that keep rows x ``tokens`` x width x layers under :data:`CPU_MICRO_BATCH_BUDGET`; on
+    accelerators no cap (their memory, not cache size, sets the limit: choose per_device_batch_size yourself)."""
+    if device_type != "cpu":
+        return None
+    width = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
+    layers = (getattr(model_config, "num_layers", 0) + getattr(model_config, "num_decoder_layers", 0)
+              if getattr(model_config, "is_encoder_decoder", False) else getattr(model_config, "num_hidden_layers", 0))
+    if not width or not layers:
+        return None
+    return max(1, CPU_MICRO_BATCH_BUDGET // (max(tokens, 1) * width * layers))
+
+
 # TrainConfig fields that TrainingArguments takes under the same name and meaning
 SAME_NAMED = ("max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm",
               "optim", "eval_steps", "save_total_limit", "logging_steps", "report_to", "seed", "bf16", "fp16",

@@ -79,7 +79,7 @@ def _fixed_subset(records: list[dict], size: int | str, option: str) -> list[dic
 
 def predict(model_dir: str, data: DataOptions, input: str | None = None, input_file: str | None = None,
             split: str | None = None, output_file: str | None = None, rationales: bool = False,
-            batch_size: int = 64, bf16: bool = False) -> None:
+            batch_size: int = 64, bf16: bool = False, rationale_first: bool = False) -> None:
     """Predict labels (and rationales) with a trained student (flat names work: --task, --fields).
 
     Inputs: one --input, an --input-file (JSON Lines or .csv, columns renamed with --fields), or a whole --split
@@ -98,6 +98,8 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
         rationales: Also generate a rationale for each input.
         batch_size: Inputs per batch.
         bf16: bf16 autocast (on the GPU, which predict uses when there is one).
+        rationale_first: Step-by-step students: generate each rationale first, then predict the label from the
+            input with that rationale appended (compare with plain [label] prediction).
     """
     import jsonlines
 
@@ -129,7 +131,8 @@ def predict(model_dir: str, data: DataOptions, input: str | None = None, input_f
     else:
         items = _read_inputs(input_file, data.fields or {})
     student = load_trained_student(model_dir, task)
-    rows = run_predict(student, items, rationales=rationales, batch_size=batch_size, bf16=bf16)
+    rows = run_predict(student, items, rationales=rationales, batch_size=batch_size, bf16=bf16,
+                       rationale_first=rationale_first)
     for row, label in zip(rows, gold):
         row["gold"] = label
     if output_file:

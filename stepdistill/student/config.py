@@ -11,6 +11,10 @@ from typing import Any
 # the target's start), rationale-input (the teacher's rationale appended to the input, target the label)
 METHODS = ("standard", "step-by-step", "single-task", "single-task-label-first", "rationale-input")
 LABEL_SOURCES = ("gold", "teacher")
+# which of a self-consistency cache's K sampled rationales (generate --n K) the rationale task trains on: "one" (the
+# cache's chosen rationale), "all" (every sample that parsed), "vote-agree" / "gold-agree" (the samples whose label
+# agrees with the vote / with gold); the label task counts each example once whatever this is (SCoTD-style)
+RATIONALE_SAMPLES = ("one", "all", "vote-agree", "gold-agree")
 META_FILE = "stepdistill.json"  # written next to the saved student: task and prefixes for `predict`
 
 
@@ -39,7 +43,9 @@ class TrainConfig:
     rationale_prefix: str = "[rationale] "
     max_steps: int = 10_000
     batch_size: int = 64
-    per_device_batch_size: int | None = None  # micro-batch cap: less memory, same update; None = batch_size / processes
+    # micro-batch cap (gradient accumulation up to batch_size): less memory, the same update. None = on CPU, the
+    # most rows under a budget of rows x row tokens x width x layers (arguments.auto_micro_batch), else whole batches
+    per_device_batch_size: int | None = None
     learning_rate: float = 5e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
@@ -76,6 +82,9 @@ class TrainConfig:
     # modules that get adapters; None = peft's default for the architecture (T5: q, v; Llama: q_proj, v_proj)
     lora_target_modules: list[str] | None = None
     generate_rationales: bool = False  # also generate a rationale for every test example (inspection only)
+    # step-by-step: also score test by generating each rationale first and predicting the label from the input with
+    # it appended (test_accuracy_rationale_first), to compare with plain [label] prediction
+    rationale_first_eval: bool = False
     report_to: str = "none"  # "tensorboard", "wandb", ... (Trainer's report_to)
     logging_steps: int = 10
     save_total_limit: int = 2
@@ -92,6 +101,9 @@ class TrainConfig:
     disable_tqdm: bool = True
     # drop rationales (the example stays in the label task): gold-agree, no-truncation, min-length:N, max-length:N
     rationale_filter: list[str] = field(default_factory=list)  # see stepdistill.rationale_filters
+    # step-by-step on a --n K self-consistency cache: the rationale task trains on "one" (the chosen rationale),
+    # "all" samples that parsed, or those whose label agrees with the vote ("vote-agree") or gold ("gold-agree")
+    rationale_samples: str = "one"
     # --- knowledge distillation from a local teacher (issue 24, items 3 and 4; student/online_kd.py, kd.py) ---
 
     # a checkpoint folder, `stepdistill train` run folder or export of the same family and vocabulary as the student;
@@ -138,6 +150,12 @@ class TrainConfig:
         parse_filters(self.rationale_filter)  # a bad filter fails here, before any training
         if self.rationale_filter and self.method not in ("standard", "step-by-step"):
             raise ValueError(f"rationale_filter applies to step-by-step training, not to method {self.method!r}")
+        if self.rationale_first_eval and self.method != "step-by-step":
+            raise ValueError(f"rationale_first_eval needs method step-by-step (a rationale task), not {self.method!r}")
+        if self.rationale_samples not in RATIONALE_SAMPLES:
+            raise ValueError(f"rationale_samples must be one of {RATIONALE_SAMPLES}, got {self.rationale_samples!r}")
+        if self.rationale_samples != "one" and self.method != "step-by-step":
+            raise ValueError(f"rationale_samples applies to method step-by-step, not to {self.method!r}")
         if self.rank_normalization not in (None, "sum", "mean"):
             raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
         if self.lora_r is not None and self.lora_r < 0:

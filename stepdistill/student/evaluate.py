@@ -72,7 +72,7 @@ def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]],
                     rationale_prefix: str = "[rationale] ", batch_size: int = 64, max_input_length: int = 512,
                     max_target_length: int = 256, label_max_new_tokens: int = 32, rationales: bool = False,
                     bf16: bool = False, rank_normalization: str = "sum", family=None, method: str = "standard",
-                    missing_rationale: str = "error") -> list[dict[str, Any]]:
+                    missing_rationale: str = "error", rationale_first: bool = False) -> list[dict[str, Any]]:
     """Predicted label (ranked when the record has candidates, else generated) and optionally a generated rationale.
 
     ``records`` need ``input`` and, for ranking, ``choices`` (None or missing: the task's ``choices`` or generation).
@@ -81,8 +81,20 @@ def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]],
     candidates as the start of its target (free-form: generates, the label is the text before the separator);
     ``rationale-input`` reads ``record["rationale"]`` appended to the input (a record without one is an error, or
     with ``missing_rationale="bare"`` read as its input alone).
+    ``rationale_first`` (step-by-step students): generate each rationale first, then predict the label from the
+    input with that rationale appended (as rationale-input reads it); the rationale is in each row's "rationale".
     """
     family = family or family_of(model)
+    generated_rationales = None
+    if rationale_first:
+        if method != "step-by-step":
+            raise ValueError(f"rationale-first prediction needs a step-by-step student (it has a rationale task), "
+                             f"not method {method!r}")
+        generated_rationales = generate_texts(model, tokenizer, [rationale_prefix + r["input"] for r in records],
+                                              batch_size, max_input_length, max_target_length, bf16, family)
+        records = [{**record, "input": rationale_input_text(record["input"], text.strip())}
+                   for record, text in zip(records, generated_rationales)]
+        rationales = False
     if method == "single-task":
         return _predict_single_task(model, tokenizer, task, records, label_prefix, batch_size, max_input_length,
                                     max_target_length + label_max_new_tokens, rationales, bf16, family)
@@ -122,10 +134,10 @@ def predict_records(model, tokenizer, task: Task, records: list[dict[str, Any]],
     if label_first:
         rationales = False  # there is no rationale task to ask (a generated label-first text is in "output")
     if rationales:
-        texts = generate_texts(model, tokenizer, [rationale_prefix + record["input"] for record in records],
-                               batch_size, max_input_length, max_target_length, bf16, family)
-        for row, text in zip(out, texts):
-            row["rationale"] = text
+        generated_rationales = generate_texts(model, tokenizer, [rationale_prefix + r["input"] for r in records],
+                                              batch_size, max_input_length, max_target_length, bf16, family)
+    for row, text in zip(out, generated_rationales or []):
+        row["rationale"] = text
     return out
 
 

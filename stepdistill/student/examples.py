@@ -5,6 +5,10 @@
   - rationale task: only examples whose teacher output parsed completely (``teacher_error`` is None). Examples
     without a usable rationale stay in the label task and leave the rationale task (``no_rationale`` by reason).
 
+With a self-consistency cache (``generate --n K``) and ``rationale_samples`` other than ``one``, an example's
+rationale task gets one row per kept sample (:func:`sampled_rationales`): the first row carries the label target,
+the others the rationale alone, so the label task still counts each example once.
+
 The ablations (``single-task``, ``single-task-label-first``, ``rationale-input``) have one task whose every row
 needs a rationale: examples without one are dropped (``dropped_no_rationale`` by reason). Their targets/inputs:
 
@@ -92,6 +96,26 @@ def evaluation_rationales(config: TrainConfig, valid: list[dict[str, Any]], test
     return bare, own
 
 
+def sampled_rationales(record: dict[str, Any], task, which: str, label: str) -> tuple[list[str], Counter]:
+    """The rationales of ``record``'s teacher samples that ``which`` keeps ("all" that parsed, "vote-agree",
+    "gold-agree"), in sample order, and why the others were dropped (parser reason, disagrees_with_vote/gold)."""
+    outputs = record["teacher_outputs"]
+    finish = record.get("teacher_finish_reasons") or [None] * len(outputs)
+    fields = record.get("fields")
+    kept, dropped = [], Counter()
+    for text, reason in zip(outputs, finish):
+        parsed = task.parse_teacher(text, fields)
+        if not parsed.ok or reason == "length" or not (parsed.rationale or "").strip():
+            dropped["truncated" if reason == "length" else parsed.error or "empty_rationale"] += 1
+        elif which == "vote-agree" and not task.is_correct(parsed.label, record["teacher_label"], fields):
+            dropped["disagrees_with_vote"] += 1
+        elif which == "gold-agree" and not task.is_correct(parsed.label, record["label"], fields):
+            dropped["disagrees_with_gold"] += 1
+        else:
+            kept.append(parsed.rationale.strip())
+    return kept, dropped
+
+
 def _ablation_example(record: dict[str, Any], label: str, config: TrainConfig, task) -> dict[str, Any]:
     """The one-task row of an ablation (the record has a usable rationale)."""
     rationale = record["rationale"].strip()
@@ -116,7 +140,14 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=Non
     ``task`` is needed by the single-task ablation (its answer format)."""
     if config.method == "single-task" and task is None:
         raise ValueError("the single-task method needs the task (its answer format)")
+    samples = config.rationale_samples != "one" and config.method == "step-by-step"
+    if samples and task is None:
+        raise ValueError("rationale_samples needs the task (its teacher parser)")
+    if samples and any(usable_rationale(r) for r in records) and not any(r.get("teacher_outputs") for r in records):
+        raise ValueError(f"rationale_samples {config.rationale_samples}: no training example has more than one "
+                         "teacher sample; generate the cache with --n K (self-consistency) first")
     chosen, dropped, no_rationale, dropped_rationale = [], Counter(), Counter(), Counter()
+    sample_rows, dropped_samples = 0, Counter()
     for record in records:
         label = record["label"] if config.label_source == "gold" else record.get("teacher_label")
         if label is None:
@@ -128,25 +159,39 @@ def select_examples(records: list[dict[str, Any]], config: TrainConfig, task=Non
             else:
                 dropped_rationale[record.get("teacher_error") or "empty_rationale"] += 1
             continue
-        rationale = None
+        rationale, more = None, []
         if config.method == "step-by-step":
-            if usable_rationale(record):
+            if samples and usable_rationale(record) and record.get("teacher_outputs"):
+                kept, why = sampled_rationales(record, task, config.rationale_samples, label)
+                dropped_samples.update(why)
+                rationale, more = (kept[0], kept[1:]) if kept else (None, [])
+                sample_rows += len(kept)
+                if not kept:
+                    no_rationale["no_sample_kept"] += 1
+            elif usable_rationale(record):
                 rationale = record["rationale"].strip()
+                sample_rows += 1
             else:
                 no_rationale[record.get("teacher_error") or "empty_rationale"] += 1
         chosen.append({"id": record["id"], "input": record["input"], "target": label, "rationale": rationale})
+        # further samples: rationale rows without a label target (the label task counts the example once)
+        chosen += [{"id": record["id"], "input": record["input"], "target": None, "rationale": extra} for extra in more]
     if not chosen:
         raise ValueError(f"no training example has a {config.label_source} label"
                          + (" and a usable rationale" if config.method in ABLATIONS else ""))
     counts = {
         "given": len(records),
-        "label_task": len(chosen),
-        "rationale_task": sum(example["rationale"] is not None for example in chosen),
+        "label_task": sum(example["target"] is not None for example in chosen),
+        "rationale_task": sum(example["rationale"] is not None and example["target"] is not None
+                              for example in chosen),
         "dropped_no_teacher_label": dict(dropped),
         "no_rationale": dict(no_rationale),
     }
     if config.method in ABLATIONS:
         counts["dropped_no_rationale"] = dict(dropped_rationale)
+    if samples:  # rationale rows over all kept samples, and the samples dropped by reason
+        counts["rationale_samples"] = {"which": config.rationale_samples, "rows": sample_rows,
+                                       "dropped": dict(dropped_samples)}
     return chosen, counts
 
 
@@ -177,7 +222,10 @@ def tokenize_examples(examples: list[dict[str, Any]], tokenizer, config: TrainCo
     target_length = config.max_target_length + (config.label_max_new_tokens if config.method in TWO_PART_TARGETS else 0)
     input_ids, labels = family.training_rows(
         tokenizer, [label_prefix + example["input"] for example in examples],
-        [example["target"] for example in examples], config.max_input_length, target_length)
+        [example["target"] or "" for example in examples], config.max_input_length, target_length)
+    for i, example in enumerate(examples):
+        if example["target"] is None:  # a further sampled rationale's row: no label target
+            labels[i] = [-100] * len(labels[i]) if family.labels_follow_inputs else []
     return Dataset.from_dict({
         "example_index": list(range(len(examples))),
         "input_ids": input_ids,

@@ -89,12 +89,14 @@ def merged_model(student: TrainedStudent | str | Path) -> tuple[Any, Any]:
 
 
 def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, Any]], rationales: bool = False,
-            batch_size: int = 64, bf16: bool = False) -> list[dict[str, Any]]:
+            batch_size: int = 64, bf16: bool = False, rationale_first: bool = False) -> list[dict[str, Any]]:
     """Predict a label (and a rationale with ``rationales``) for each input.
 
     An input is either raw example fields (a dict with the task's input fields, e.g. ``premise``/``hypothesis``,
     formatted by the task) or the already formatted input text. Classification tasks rank their label set (or the
     example's ``choices``); free-form tasks generate. ``bf16``: bf16 autocast (GPU, or CPUs with bf16 support).
+    ``rationale_first`` (step-by-step students): generate the rationale first and predict the label from the input
+    with it appended.
     """
     if not isinstance(student, TrainedStudent):
         student = load_trained_student(student)
@@ -119,7 +121,7 @@ def predict(student: TrainedStudent | str | Path, inputs: list[str | dict[str, A
         max_target_length=meta.get("max_target_length", 256),
         label_max_new_tokens=meta.get("label_max_new_tokens", 32), rationales=rationales, bf16=bf16,
         rank_normalization=rank_normalization_for(task, meta.get("rank_normalization")), family=student_family(student),
-        method=meta.get("method", "standard"))
+        method=meta.get("method", "standard"), rationale_first=rationale_first)
     for record, row in zip(records, rows):
         row["input"] = record["input"]
     return rows

@@ -171,8 +171,10 @@ class StepByStepTrainer(Trainer):
                 values.clear()
         super().log(logs, start_time)
 
-    def score(self, records: list[dict[str, Any]], rationales: bool = False) -> tuple[float, list[dict[str, Any]]]:
-        """Label accuracy and predictions on ``records`` (sharded over processes, gathered in order)."""
+    def score(self, records: list[dict[str, Any]], rationales: bool = False, rationale_first: bool = False
+              ) -> tuple[float, list[dict[str, Any]]]:
+        """Label accuracy and predictions on ``records`` (sharded over processes, gathered in order);
+        ``rationale_first``: each label predicted after the student's own generated rationale."""
         from accelerate.utils import gather_object
 
         from .evaluate import evaluate_records
@@ -188,7 +190,8 @@ class StepByStepTrainer(Trainer):
             missing_rationale=config.missing_rationale,
             max_input_length=config.max_input_length, max_target_length=config.max_target_length,
             label_max_new_tokens=config.label_max_new_tokens, rationales=rationales, bf16=config.bf16,
-            rank_normalization=self.rank_normalization, family=self.family) if shard else (0.0, [])
+            rank_normalization=self.rank_normalization, family=self.family,
+            rationale_first=rationale_first) if shard else (0.0, [])
         if processes > 1:
             gathered = gather_object([(rank + processes * i, row) for i, row in enumerate(predictions)])
             predictions = [row for _, row in sorted(gathered, key=lambda item: item[0])]

@@ -144,8 +144,17 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         examples, counts["rationale_filter"] = filter_rationales(
             task, examples, train_records, config.rationale_filter, tokenizer, config.max_target_length)
         counts["rationale_task"] = counts["rationale_filter"]["kept"]
+        examples = [e for e in examples if e["target"] is not None or e["rationale"] is not None]  # emptied sample rows
     rank_normalization = rank_normalization_for(task, config.rank_normalization)
     train_dataset = tokenize_examples(examples, tokenizer, config, family)
+    if config.per_device_batch_size is None:  # the default: a micro-batch cap from the model and the rows' lengths
+        from .arguments import auto_micro_batch, row_tokens
+
+        cap = auto_micro_batch(getattr(model, "config", None),
+                               row_tokens(train_dataset, family.labels_follow_inputs), args.device.type)
+        if cap is not None and batch_layout(config.batch_size, processes, cap) != (per_device, accumulation):
+            per_device, accumulation = batch_layout(config.batch_size, processes, cap)
+            args = training_arguments(config, checkpoint_dir, per_device, accumulation)
     batch_log = None
     if config.log_batch_ids:
         batch_log = run_dir / f"batch_ids.rank{args.process_index}.jsonl"
@@ -178,6 +187,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
                                        if test_records else (None, []))
     own_accuracy, own_predictions = (trainer.score(own_rationale_records) if own_rationale_records
                                      else (None, []))
+    first_accuracy, first_predictions = (trainer.score(test_records, rationale_first=True)
+                                         if config.rationale_first_eval and test_records else (None, []))
     wall_seconds = time.perf_counter() - start
     trained_steps = trainer.state.global_step
     results = {
@@ -209,6 +220,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         **({"rationale_input_bare": bare_inputs} if bare_inputs else {}),  # examples read without a rationale
         # rationale-input scored on test with the student's own rationales (config.student_rationales)
         **({"test_accuracy_student_rationales": own_accuracy} if own_rationale_records else {}),
+        # step-by-step scored on test with its own rationale generated first, appended to the label input
+        **({"test_accuracy_rationale_first": first_accuracy} if first_predictions else {}),
         "valid_count": len(valid_records),
         "test_accuracy": test_accuracy,
         "test_count": len(test_records),
@@ -250,6 +263,8 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
             write_jsonl(run_dir / "predictions_test.jsonl", test_predictions)
         if own_rationale_records:
             write_jsonl(run_dir / "predictions_test_student_rationales.jsonl", own_predictions)
+        if first_predictions:
+            write_jsonl(run_dir / "predictions_test_rationale_first.jsonl", first_predictions)
         write_jsonl(run_dir / "train_log.jsonl", trainer.state.log_history)
         write_json(run_dir / "config.json", config_record(config, processes, per_device, accumulation))
         write_json(run_dir / "results.json", results)
