@@ -296,6 +296,7 @@ def test_a_resumed_run_keeps_the_trained_projections(teacher_dir, tmp_path):
         [k for k in whole if not torch.allclose(whole[k], parts[k], rtol=1e-4, atol=1e-6)]
 
 
+@pytest.mark.slow  # three processes start (73 s on the shared 2-core machine)
 def test_two_processes_match_one_with_a_teacher(teacher_dir, tmp_path):
     """DDP: the projections are a submodule of the student, so their gradients are averaged like its own; the
     distillation terms are normalised by the global token counts: 2 processes x 2 micro-batches = 1 x 4."""
