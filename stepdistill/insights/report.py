@@ -1,4 +1,5 @@
-"""The inspect report folder: inspect.md (also printed), inspect.json and PNGs (lengths, confusion matrix)."""
+"""The inspect report folder: inspect.md (also printed), inspect.json and PNGs (lengths, confusion matrix, the
+teacher distribution's reliability diagram)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .distribution import markdown_lines as distribution_lines, plot_reliability
 from .measures import NO_LABEL
+from .synthetic import synthetic_markdown
 
 
 def _pct(part: int, whole: int | None) -> str:
@@ -94,6 +97,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{_pct(eq['matches_label'], eq['checked'])}; differs in {eq['differs_from_label']:,}; no equation in "
                   f"{eq['no_equation']:,}."]
         lines += [f"- `{ex['id']}`: `{ex['equation']}` vs label `{ex['label']}`: {ex['text']}" for ex in eq["examples"]]
+    lines += distribution_lines(report.get("teacher_distribution"))
     spend = report["tokens_and_cost"]
     counted = spend["output_tokens_counted"]
     lines += ["", "## Tokens and cost", ""]
@@ -109,6 +113,8 @@ def markdown(report: dict[str, Any]) -> str:
                      "are known.")
     lines.append(f"Teacher output text, counted with {counted['tokenizer']}: {counted['tokens']:,} tokens in "
                  f"{counted['outputs']:,} outputs.")
+    if report.get("synthetic"):
+        lines += synthetic_markdown(report["synthetic"])
     lines += ["", "Files: " + ", ".join(f"`{name}`" for name in report["files"]) + ".", ""]
     return "\n".join(lines)
 
@@ -166,6 +172,9 @@ def write_report(report: dict[str, Any], lengths: list[int], out_dir: Path) -> s
     if report["agreement"].get("confusion"):
         plot_confusion(report["agreement"]["confusion"], report["task"], out_dir / "confusion.png")
         files.append("confusion.png")
+    if (report.get("teacher_distribution") or {}).get("with_gold"):
+        plot_reliability(report["teacher_distribution"], report["task"], out_dir / "reliability.png")
+        files.append("reliability.png")
     report["files"] = files
     text = markdown(report)
     (out_dir / "inspect.md").write_text(text)

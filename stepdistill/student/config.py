@@ -27,7 +27,8 @@ class TrainConfig:
     are derived from the number of processes, so results do not depend on it."""
 
     # "tiny" (T5), "tiny-llama" (decoder-only), "minilm2minilm", "<encoder>+<decoder>", "smollm2-135m", a hub name
-    # or a local checkpoint folder (seq2seq or causal LM: the family comes from its config's is_encoder_decoder)
+    # or a local checkpoint folder (seq2seq or causal LM: the family comes from its config's is_encoder_decoder), or
+    # "shrink:PATH:layers=0,2" (those layers of a local checkpoint, run folder or export; T5: "enc=0,2;dec=1" too)
     model: str = "tiny"
     # "standard" | "step-by-step" | the paper's ablations "single-task" (target: rationale then label, label parsed
     # from generated text), "single-task-label-first" (target: label then rationale, candidates ranked as its start),
@@ -107,6 +108,23 @@ class TrainConfig:
     # step-by-step on a --n K self-consistency cache: the rationale task trains on "one" (the chosen rationale),
     # "all" samples that parsed, or those whose label agrees with the vote ("vote-agree") or gold ("gold-agree")
     rationale_samples: str = "one"
+    # --- knowledge distillation from a local teacher (issue 24, items 3 and 4; student/online_kd.py, kd.py) ---
+
+    # a checkpoint folder, `stepdistill train` run folder or export of the same family and vocabulary as the student;
+    # it runs teacher-forced on the same rows (no gradients) for the token and hidden-state terms
+    kd_teacher: str | None = None
+    # each task's loss becomes (1 - W) * cross-entropy + W * divergence from the teacher, per target token
+    token_kd_weight: float = 0.0
+    # "fkl" KL(teacher || student), "rkl" KL(student || teacher), "jsd" generalised JSD (TRL GKD's conventions)
+    kd_divergence: str = "fkl"
+    jsd_beta: float = 0.5  # jsd: 0 = fkl, 1 = rkl, 0.5 = the symmetric JSD (TRL's beta)
+    kd_temperature: float = 1.0  # softmax temperature of both distributions; the divergence is scaled by T^2
+    # + W * MSE between student and teacher hidden states at the target tokens (a learned projection where the
+    # widths differ; dropped from the saved model/)
+    hidden_weight: float = 0.0
+    # student:teacher hidden-state pairs, "1:2,2:4" (0 = embeddings, k = output of block k; seq2seq: the decoder's);
+    # None = evenly spaced, each student layer to teacher layer round(k * teacher layers / student layers)
+    hidden_layers: str | None = None
 
     # -- soft labels and schedules (issue 24): stepdistill/student/soft_labels.py, schedules.py -------------------
 
@@ -167,8 +185,42 @@ class TrainConfig:
             raise ValueError(f"rank_normalization must be 'sum' or 'mean', got {self.rank_normalization!r}")
         if self.lora_r is not None and self.lora_r < 0:
             raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
+        self._check_kd()
         from .schedules import check_schedules
 
         check_schedules(self)  # soft_weight, temperature, the schedules and the methods they apply to
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
+
+    def _check_kd(self) -> None:
+        """Issue 24's options: shrink specs, knowledge distillation from a local teacher."""
+        from .kd import DIVERGENCES, check_layer_map_syntax
+        from .shrink import is_shrink, parse_shrink
+
+        if is_shrink(self.model):
+            parse_shrink(self.model)
+        if not 0.0 <= self.token_kd_weight <= 1.0:
+            raise ValueError(f"option --token-kd-weight: must be in [0, 1], got {self.token_kd_weight}")
+        if self.hidden_weight < 0:
+            raise ValueError(f"option --hidden-weight: must be 0 (off) or positive, got {self.hidden_weight}")
+        if self.kd_divergence not in DIVERGENCES:
+            raise ValueError(f"option --kd-divergence: one of {', '.join(DIVERGENCES)}, got {self.kd_divergence!r}")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(f"option --jsd-beta: must be in [0, 1], got {self.jsd_beta}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"option --kd-temperature: must be positive, got {self.kd_temperature}")
+        check_layer_map_syntax(self.hidden_layers)
+        if self.hidden_layers and not self.hidden_weight:
+            raise ValueError("option --hidden-layers: needs --hidden-weight above 0")
+        weighted = self.token_kd_weight > 0 or self.hidden_weight > 0
+        if weighted and not self.kd_teacher:
+            raise ValueError("option --token-kd-weight / --hidden-weight: needs a teacher (--kd-teacher PATH)")
+        if self.kd_teacher and not weighted:
+            raise ValueError("option --kd-teacher: give --token-kd-weight and/or --hidden-weight above 0")
+        if self.kd_teacher:
+            unsupported = [name for name, on in (("--shared-encoder", self.shared_encoder),
+                                                 ("--fsdp", bool(self.fsdp)), ("--deepspeed", bool(self.deepspeed)),
+                                                 ("--lora-r (with --hidden-weight)",
+                                                  self.lora and self.hidden_weight > 0)) if on]
+            if unsupported:
+                raise ValueError(f"option --kd-teacher: not supported with {unsupported[0]}")

@@ -12,8 +12,11 @@ from __future__ import annotations
 from .collate import length_sorted_chunks
 
 
-def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int = 1, unwrapped=None):
+def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int = 1, unwrapped=None,
+                   pass_sums=None):
     """(sum of the target tokens' cross-entropies, number of target tokens) of a right-padded batch.
+    ``pass_sums``: another function of one chunk (``family.loss_sum``'s arguments) whose tuple of sums is summed
+    over the chunks instead (:mod:`.online_kd`: the cross-entropy, tokens and the distillation terms).
 
     The rows run in at most ``chunks`` length-sorted chunks (:func:`length_sorted_chunks`), each cut to its own
     longest row: the sum is that of one padded batch (same examples, same update) without computing most of the
@@ -26,16 +29,15 @@ def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int
     # causal rows hold their target inside the input: the input length is the whole row
     chunk_targets = torch.zeros_like(target_lengths) if family.labels_follow_inputs else target_lengths
     groups = length_sorted_chunks(input_lengths.tolist(), chunk_targets.tolist(), chunks) if chunks > 1 else []
-    total = count = None
+    sums = None
     for rows in groups if len(groups) > 1 else [None]:  # one group: the batch as it is, rows in their own order
         rows = slice(None) if rows is None else torch.tensor(rows, device=input_ids.device)
         width = max(1, int(input_lengths[rows].max()))
         target_width = width if family.labels_follow_inputs else max(1, int(target_lengths[rows].max()))
-        chunk_sum, chunk_count = family.loss_sum(model, input_ids[rows, :width], attention_mask[rows, :width],
-                                                 labels[rows, :target_width], unwrapped)
-        total = chunk_sum if total is None else total + chunk_sum
-        count = chunk_count if count is None else count + chunk_count
-    return total, count
+        chunk = (pass_sums or family.loss_sum)(model, input_ids[rows, :width], attention_mask[rows, :width],
+                                               labels[rows, :target_width], unwrapped)
+        sums = chunk if sums is None else tuple(a + b for a, b in zip(sums, chunk))
+    return sums
 
 
 def shared_encoder_loss_sums(family, model, tokenizer, input_ids, attention_mask, labels, rationale_rows,

@@ -1,6 +1,7 @@
 """Student models: ``tiny`` (a small T5 plus a SentencePiece tokenizer trained on the task's own text, no hub needed),
 ``tiny-llama`` (a small decoder-only Llama plus a byte-level BPE trained on the task's text), a warm-started
-encoder-decoder (``minilm2minilm`` or ``encoder+decoder``, see :mod:`.warmstart`), a short pretrained name
+encoder-decoder (``minilm2minilm`` or ``encoder+decoder``, see :mod:`.warmstart`), chosen layers of a local
+checkpoint (``shrink:PATH:layers=0,2``, see :mod:`.shrink`), a short pretrained name
 (``smollm2-135m``, through :func:`stepdistill.pretrained.resolve_pretrained`) or any hub name / local path of a
 seq2seq or causal-LM checkpoint (the family comes from the checkpoint config's ``is_encoder_decoder``).
 
@@ -154,14 +155,19 @@ def student_texts(records: list[dict], label_prefix: str, rationale_prefix: str)
 def load_student(name_or_path: str | Path, texts: Iterable[str] | None = None, build_dir: str | Path | None = None,
                  seed: int = 0, tiny_overrides: dict[str, Any] | None = None):
     """(model, tokenizer) for ``tiny`` / ``tiny-llama`` (built into ``build_dir`` from ``texts``), a warm-started
-    encoder-decoder (``minilm2minilm``, ``encoder+decoder``), a short pretrained name, a hub name or a local folder
-    of a seq2seq or causal-LM checkpoint."""
+    encoder-decoder (``minilm2minilm``, ``encoder+decoder``), ``shrink:PATH:layers=...`` (chosen layers of a local
+    checkpoint, :mod:`.shrink`), a short pretrained name, a hub name or a local folder of a seq2seq or causal-LM
+    checkpoint."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from ..pretrained import resolve_pretrained
     from .quiet import no_progress_bars
+    from .shrink import is_shrink, load_shrunk
     from .warmstart import is_warm_start, warm_start
 
+    if is_shrink(name_or_path):  # layers of a local checkpoint (issue 24: a student cut from its teacher)
+        with no_progress_bars():
+            return load_shrunk(str(name_or_path))
     if str(name_or_path) in TINY_BUILDERS:
         if texts is None or build_dir is None:
             raise ValueError(f"model {str(name_or_path)!r} needs the task's texts and a folder to build the "

@@ -61,6 +61,12 @@ class StepByStepTrainer(Trainer):
         self.length_chunks = step_config.length_chunks or default_length_chunks(self.args.device.type)
         self.eval_seconds = 0.0
         self._row_lengths: list[int] | None = None  # the train rows' lengths, for sort_micro_batches
+        from .online_kd import build_online_distiller
+
+        # issue 24: the local teacher's token and hidden-state terms (None without --kd-teacher)
+        self.kd = build_online_distiller(step_config, self.model, self.processing_class, family, self.args.device)
+        if self.kd is not None:
+            self._task_losses.update({name: [] for name in self.kd.log_names})
         # soft labels and schedules (student/soft_labels.py, schedules.py)
         self.schedules = schedules_of(step_config)
         self.soft_labels = soft_labels_on(step_config)
@@ -124,9 +130,21 @@ class StepByStepTrainer(Trainer):
         super()._issue_warnings_after_load(SimpleNamespace(missing_keys=missing,
                                                            unexpected_keys=load_result.unexpected_keys))
 
-    def _task_loss(self, model, input_ids, attention_mask, labels):
+    def _task_loss(self, model, input_ids, attention_mask, labels, task: str = "label"):
+        if self.kd is not None:  # the same passes, also summing the distillation terms (for compose, below)
+            ce, count, kd, mse = token_loss_sum(self.family, model, input_ids, attention_mask, labels,
+                                                self.length_chunks, self.accelerator.unwrap_model(model),
+                                                pass_sums=self.kd.chunk_sums)
+            self.kd.record(task, kd, mse, count)
+            return ce, count
         return token_loss_sum(self.family, model, input_ids, attention_mask, labels, self.length_chunks,
                               self.accelerator.unwrap_model(model))
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if self.kd is None or _internal_call:  # checkpoints keep the hidden-state projections (resume)
+            return super().save_model(output_dir, _internal_call)
+        with self.kd.without_projections(self.model):  # the final model/: a plain checkpoint
+            return super().save_model(output_dir, _internal_call)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.batch_log is not None and model.training:
@@ -151,7 +169,7 @@ class StepByStepTrainer(Trainer):
                 rationale = rationale_inputs(inputs) if sharded else inputs
                 rationale_sum, rationale_tokens = self._task_loss(
                     model, rationale["rationale_input_ids"], rationale["rationale_attention_mask"],
-                    rationale["rationale_labels"])
+                    rationale["rationale_labels"], task="rationale")
         global_counts = num_items_in_batch is not None and torch.is_tensor(num_items_in_batch) \
             and num_items_in_batch.numel() >= 2
         if global_counts:  # training: normalise by the global batch's token counts
@@ -160,7 +178,9 @@ class StepByStepTrainer(Trainer):
         else:  # evaluation loss on one batch
             n_label, n_rationale = label_tokens.clamp(min=1), rationale_tokens.clamp(min=1)
             scale = 1
-        loss, label_loss, rationale_loss = step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale,
+        task_sums = (label_sum, rationale_sum) if self.kd is None else self.kd.compose(
+            label_sum, rationale_sum, self._task_losses if model.training else None)  # + the teacher's terms
+        loss, label_loss, rationale_loss = step_by_step_loss(*task_sums, n_label, n_rationale,
                                                              values["alpha"], two_tasks)
         if self.soft_labels:  # the label task with the teacher's distribution (student/soft_labels.py)
             from .soft_labels import label_task_loss, soft_loss_sum

@@ -38,6 +38,7 @@ def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, arg
     """(model, tokenizer, the base a LoRA run's adapters sit on: ``../student-init`` inside the run folder, an
     absolute local path or a hub / short name)."""
     from .models import TINY_BUILDERS, load_student, student_texts
+    from .shrink import is_shrink
     from .warmstart import is_warm_start
 
     model_source, base = config.model, config.model
@@ -48,6 +49,16 @@ def _load_initial_student(config: TrainConfig, train_records, run_dir: Path, arg
             if not (init_dir / "config.json").exists():
                 texts = student_texts(train_records, config.label_prefix, config.rationale_prefix) + list(extra_texts)
                 load_student(config.model, texts, init_dir, seed=config.seed, tiny_overrides=config.tiny_overrides)
+        model_source, base = str(init_dir), inside_run
+    elif is_shrink(config.model):  # the cut-down copy is saved once: LoRA bases, resumes and ranks read it
+        with args.main_process_first(desc="shrink student"):
+            if not (init_dir / "config.json").exists():
+                from .quiet import no_progress_bars
+
+                shrunk, shrunk_tokenizer = load_student(config.model)
+                with no_progress_bars():
+                    shrunk.save_pretrained(init_dir)
+                    shrunk_tokenizer.save_pretrained(init_dir)
         model_source, base = str(init_dir), inside_run
     elif Path(config.model).exists():
         base = str(Path(config.model).resolve())
@@ -234,6 +245,11 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         "torch_threads": torch.get_num_threads(),
         "length_chunks": trainer.length_chunks,
     }
+    from .online_kd import kd_settings
+
+    results.update(kd_settings(config))  # issue 24: the teacher and the weights of its terms
+    if trainer.kd is not None:
+        results.update(trainer.kd.timing())
     results.update(extra or {})
     model_dir = run_dir / "model"
     # every rank: FSDP gathers the sharded weights (the Trainer writes from rank 0 only); LoRA: the adapters only,

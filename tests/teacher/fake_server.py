@@ -26,11 +26,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 FAULTS = ("429", "500", "timeout", "malformed", "drop", "truncate")
+SYNTHESIS_SEPARATOR = "\n###\n"  # between the examples of a synthesis prompt (stepdistill.teacher.synthesis_prompts)
 MARKER = re.compile(r"\[ex:([^\]\s]+)\]")
 
 
 def default_output(marker: str) -> str:
     return f"The hypothesis restates part of example {marker}.\nAnswer: entailment"
+
+
+_NOUNS = ("violin", "harbor", "lantern", "glacier", "bakery", "orchard", "subway", "canyon", "market", "library",
+          "tractor", "balloon", "meadow", "castle", "ferry", "garage")
+_ADJECTIVES = ("red", "quiet", "tall", "muddy", "bright", "narrow", "wooden", "frozen", "crowded", "tiny", "golden",
+               "noisy", "empty", "ancient", "sunny", "windy")
+
+
+def default_synthesis(prompt: str) -> str:
+    """A new e-SNLI-shaped example, different for every prompt (synthesis mode: the prompt ends with "Premise:" after
+    a "###" line): words picked by a hash of the prompt, so that examples of different prompts are not near
+    duplicates of each other."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    adjective = [_ADJECTIVES[b % 16] for b in digest[:4]]
+    noun = [_NOUNS[b >> 4] for b in digest[:4]]
+    return (f" A {adjective[0]} {noun[0]} and a {adjective[1]} {noun[1]} wait by the {adjective[2]} {noun[2]} with "
+            f"{digest[4] % 90 + 2} {noun[3]}s.\nHypothesis: A {noun[1]} is {adjective[3]}.\nReasonings: Nothing says "
+            f"whether the {noun[1]} is {adjective[3]}.\nAnswer: neutral")
 
 
 @dataclass
@@ -45,6 +64,12 @@ class Script:
     retry_after: str = "0.05"  # Retry-After header value sent with 429
     hang_seconds: float = 3.0  # how long a "timeout" fault stalls before answering
     status: int | None = None  # answer every request with this HTTP error status (e.g. 400, 401)
+    # marker -> the answer's tokens, [(token, logprob, [(alternative, logprob), ...]), ...], sent when a request
+    # asks for logprobs (default: the text cut before each space, logprob -0.01, no alternatives)
+    logprobs: dict[str, list] = field(default_factory=dict)
+    # synthesis mode: the output for a whole prompt (None: not scripted); prompts that are synthesis prompts and
+    # have no scripted output get default_synthesis(prompt)
+    prompt_fn: Callable[[str], str | list[str] | None] | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -111,13 +136,23 @@ class FakeOpenAIServer:
                 return script.fault_kinds[digest[8] % len(script.fault_kinds)]
         return None
 
-    def _outputs_for(self, marker: str, n: int) -> list[str]:
-        scripted = self.script.outputs.get(marker)
+    def _outputs_for(self, marker: str, n: int, prompt: str = "") -> list[str]:
+        scripted = self.script.prompt_fn(prompt) if self.script.prompt_fn else None
+        if scripted is None:
+            scripted = self.script.outputs.get(marker)
+        if scripted is None and SYNTHESIS_SEPARATOR in prompt and prompt.rstrip().endswith("Premise:"):
+            scripted = default_synthesis(prompt)
         if scripted is None:
             scripted = self.script.output_fn(marker)
         if isinstance(scripted, str):
             scripted = [scripted]
         return [scripted[i % len(scripted)] for i in range(n)]
+
+    def _tokens_for(self, marker: str, text: str, top: int) -> list[tuple[str, float, list]]:
+        scripted = self.script.logprobs.get(marker)
+        if scripted is None:
+            return [(token, -0.01, []) for token in re.findall(r"\s*\S+|\s+", text)]
+        return [(token, logprob, list(alternatives)[:top]) for token, logprob, alternatives in scripted]
 
     def _handler_class(self):
         server = self
@@ -197,18 +232,29 @@ class FakeOpenAIServer:
                     self._send(200, b'{"id": "cmpl-1", "object": "chat.completion", "choices": [{"index": 0, "mess')
                     return
                 n = int(body.get("n") or 1)
-                texts = server._outputs_for(marker, n)
+                texts = server._outputs_for(marker, n, prompt)
                 finish = "stop"
                 if fault == "truncate":
                     texts = [text[: max(1, len(text) // 3)] for text in texts]
                     finish = "length"
                 choices = []
                 for index, text in enumerate(texts):
+                    # OpenAI's two formats: chat (content entries) and completions (parallel lists)
+                    tokens = server._tokens_for(marker, text, int(body.get("top_logprobs") or body.get("logprobs") or 0)
+                                                ) if body.get("logprobs") else None
                     if chat:
+                        logprobs = None if tokens is None else {"content": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode()),
+                             "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in alts]}
+                            for t, lp, alts in tokens], "refusal": None}
                         choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": finish, "logprobs": None})
+                                        "finish_reason": finish, "logprobs": logprobs})
                     else:
-                        choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None})
+                        logprobs = None if tokens is None else {
+                            "tokens": [t for t, _, _ in tokens], "token_logprobs": [lp for _, lp, _ in tokens],
+                            "top_logprobs": [dict(alts) for _, _, alts in tokens],
+                            "text_offset": [sum(len(t) for t, _, _ in tokens[:k]) for k in range(len(tokens))]}
+                        choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs})
                 prompt_tokens = len(prompt.split())
                 completion_tokens = sum(len(text.split()) for text in texts)
                 payload = {
