@@ -55,7 +55,7 @@ def _cases(tmp_path, run_folder, experiment):
             (["train", "--task", "esnli", "--data-dir", NO_DIR, "--output-dir", out], "data folder not found"),
             (["train", "--task", "esnli", "--method", "step_by_step", "--output-dir", out],
              "method must be one of ('standard', 'step-by-step', 'single-task', 'single-task-label-first', "
-             "'rationale-input'), got 'step_by_step'"),
+             "'rationale-input', 'distill'), got 'step_by_step'"),
             (["train", "--task", "esnli", "--fraction", "1.5", "--output-dir", out],
              "option --fraction: must be in (0, 1], got 1.5"),
             (["train", "--task", "esnli", "--max-steps", "ten", "--output-dir", out], "option --student.max_steps"),
