@@ -23,8 +23,8 @@ import math
 from typing import Any
 
 FIELD = "label_logprobs"
-WHERE_FROM = ("caches from `stepdistill generate --label-logprobs` with an API, HF or student: teacher carry it; "
-              "the replayed PaLM outputs have none")
+WHERE_FROM = ("caches from `stepdistill generate --label-logprobs true` with an API, HF or student: teacher "
+              "carry it; the replayed PaLM outputs have none")
 
 
 def check_task(task) -> None:

@@ -236,7 +236,7 @@ def test_soft_label_refusals_are_one_error_line(tmp_path, capsys):
     # replayed outputs without scores
     line = error_line(capsys, train + SENTIMENT + ["--teacher-field", "teacher", "--method", "distill"])
     assert line == ("error: example s0: its teacher record has no 'label_logprobs' (soft labels: --soft-weight, "
-                    "method distill); caches from `stepdistill generate --label-logprobs` with an API, HF or "
+                    "method distill); caches from `stepdistill generate --label-logprobs true` with an API, HF or "
                     "student: teacher carry it; the replayed PaLM outputs have none")
     line = error_line(capsys, train + ["--task", "svamp", "--data-dir", str(fixtures / "svamp_official"),
                                        "--source", "official", "--method", "distill"])
