@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--teacher-dir", help="an already trained teacher (a run folder or one of its checkpoints)")
     parser.add_argument("--eval-steps", type=int, default=150)
+    parser.add_argument("--teacher-method", default="standard", help="standard (gold labels) or step-by-step")
     args = parser.parse_args()
 
     import torch
@@ -86,10 +87,11 @@ def main() -> None:
     else:
         teacher_dir = out / "teacher"
         teacher = run_training(KindsDemo.name, teacher_train, valid, test,
-                               TrainConfig(model="tiny", method="standard", max_steps=args.teacher_steps,
-                                           batch_size=32, learning_rate=3e-3, eval_steps=250, seed=0), teacher_dir)
+                               TrainConfig(model="tiny", method=args.teacher_method, max_steps=args.teacher_steps,
+                                           batch_size=32, learning_rate=3e-3, eval_steps=250, alpha=0.3, seed=0),
+                               teacher_dir)
     print(f"teacher {teacher_dir}: test accuracy {100 * teacher['test_accuracy']:.1f} ({len(teacher_train)} "
-          "problems)", flush=True)
+          f"problems, {args.teacher_method})", flush=True)
     train = teacher_distribution(teacher_dir, train)
     agree = sum(r["teacher_label"] == r["label"] for r in train) / len(train)
     entropy = sum(-sum(math.exp(v) * v for v in r["label_logprobs"].values()) for r in train) / len(train)
@@ -110,7 +112,7 @@ def main() -> None:
             print(f"  {name} seed {seed}: test {100 * run['test_accuracy']:.1f} ({step_s:.3f} s/step without "
                   f"evaluation, {run['train_cpu_seconds']:.0f} CPU s)", flush=True)
     lines = ["| method | test accuracy (%) | per seed |", "| --- | ---: | --- |",
-             f"| teacher (standard, {len(teacher_train)} gold problems) | {100 * teacher['test_accuracy']:.1f} | - |"]
+             f"| teacher ({args.teacher_method}, {len(teacher_train)} gold problems) | {100 * teacher['test_accuracy']:.1f} | - |"]
     for name, runs in results.items():
         accuracies = [100 * r["test_accuracy"] for r in runs]
         mean, half = mean_interval(accuracies)
