@@ -30,6 +30,9 @@ def _commands() -> dict:
     from .serving.export import export_command
     from .serving.server import serve_command
     from .insights.command import inspect_command
+    from .student_teacher import register as register_student_teacher
+
+    register_student_teacher()  # `generate --teacher student:RUN_DIR` (teacher/ may not import student/)
 
     return {
         "data": data_command,

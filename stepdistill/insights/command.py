@@ -11,8 +11,9 @@ def inspect_command(task: str, cache: str | None = None, data_dir: str | None = 
     """Report on a rationale cache or a task's own teacher outputs (know your rationales before training).
 
     Status and failures, agreement with gold, lengths in student tokens, label leakage, duplicates,
-    self-consistency, equations (svamp), tokens and cost. Writes inspect.md, inspect.json, lengths.png and
-    confusion.png, and prints the summary.
+    self-consistency, equations (svamp), tokens and cost, and where records carry label_logprobs the teacher's
+    distribution (mean entropy, expected calibration error against gold, top label vs parsed label). Writes
+    inspect.md, inspect.json, lengths.png, confusion.png and reliability.png, and prints the summary.
 
     Args:
         task: Task name (esnli, anli1, cqa, svamp), task spec .json or file.py:Class.

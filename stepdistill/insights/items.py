@@ -2,7 +2,8 @@
 
 An item: ``id``, ``status`` (ok, parse_error, failed, filtered; ``missing`` for an example without teacher output),
 ``reason`` (the error: no_answer, unknown_label, http_429, ...), ``raw_output``, ``rationale``, ``label`` (the
-teacher's), ``gold``, ``fields`` (the example, when known), ``outputs`` and ``votes`` (self-consistency, n > 1).
+teacher's), ``gold``, ``fields`` (the example, when known), ``outputs`` and ``votes`` (self-consistency, n > 1),
+``label_logprobs`` and ``label_logprobs_source`` (the teacher's label distribution, where the cache has it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def items_from_caches(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dic
         "id": str(record["id"]), "status": record.get("status"), "reason": record.get("error"),
         "raw_output": record.get("raw_output"), "rationale": record.get("rationale"), "label": record.get("label"),
         "gold": record.get("gold"), "fields": None, "outputs": record.get("outputs"), "votes": record.get("votes"),
+        "label_logprobs": record.get("label_logprobs"), "label_logprobs_source": record.get("label_logprobs_source"),
     } for record in latest.values()]
     return items, lines, {"files": len(paths), "record_lines": len(lines), "keys": len(latest),
                           "partial_final_lines": partial}

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..arith import evaluate_arithmetic, values_equal
 from ..tasks import SVAMP, Task, normalize_text
+from .distribution import teacher_distribution
 from .near_duplicates import near_duplicate_pairs
 from ..experiments.tokens import TokenCounter
 
@@ -250,4 +251,5 @@ def inspect_items(task: Task, items: list[dict[str, Any]], lines: list[dict[str,
         "self_consistency": self_consistency(items),
         "equations": equations(task, items, examples),
         "tokens_and_cost": tokens_and_cost(lines, items, counter),
+        "teacher_distribution": teacher_distribution(task, items),
     }

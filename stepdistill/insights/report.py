@@ -1,4 +1,5 @@
-"""The inspect report folder: inspect.md (also printed), inspect.json and PNGs (lengths, confusion matrix)."""
+"""The inspect report folder: inspect.md (also printed), inspect.json and PNGs (lengths, confusion matrix, the
+teacher distribution's reliability diagram)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .distribution import markdown_lines as distribution_lines, plot_reliability
 from .measures import NO_LABEL
 
 
@@ -94,6 +96,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{_pct(eq['matches_label'], eq['checked'])}; differs in {eq['differs_from_label']:,}; no equation in "
                   f"{eq['no_equation']:,}."]
         lines += [f"- `{ex['id']}`: `{ex['equation']}` vs label `{ex['label']}`: {ex['text']}" for ex in eq["examples"]]
+    lines += distribution_lines(report.get("teacher_distribution"))
     spend = report["tokens_and_cost"]
     counted = spend["output_tokens_counted"]
     lines += ["", "## Tokens and cost", ""]
@@ -166,6 +169,9 @@ def write_report(report: dict[str, Any], lengths: list[int], out_dir: Path) -> s
     if report["agreement"].get("confusion"):
         plot_confusion(report["agreement"]["confusion"], report["task"], out_dir / "confusion.png")
         files.append("confusion.png")
+    if (report.get("teacher_distribution") or {}).get("with_gold"):
+        plot_reliability(report["teacher_distribution"], report["task"], out_dir / "reliability.png")
+        files.append("reliability.png")
     report["files"] = files
     text = markdown(report)
     (out_dir / "inspect.md").write_text(text)

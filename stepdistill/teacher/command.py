@@ -12,7 +12,8 @@ from ..options import DataOptions
 def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", out: str = "rationales.jsonl",
                      split: str = "train", limit: int | None = None, shard: str | None = None, concurrency: int = 16,
                      prompt: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                     n: int = 1, seed: int | None = None, endpoint: str = "chat", base_url: str | None = None,
+                     n: int = 1, seed: int | None = None, label_logprobs: bool = False, top_logprobs: int = 20,
+                     endpoint: str = "chat", base_url: str | None = None,
                      api_key: str | None = None, timeout: float = 60.0, max_attempts: int = 6,
                      requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
                      prices: dict[str, list[float]] | None = None, device: str = "auto", batch_size: int = 8,
@@ -32,8 +33,9 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         data: Where the examples come from (the same options as ``stepdistill data``).
         teacher: ``openai:MODEL`` (any OpenAI-compatible server), ``openai-batch:MODEL`` (the OpenAI Batch API: the
             same requests, answered within 24 hours at half the price; a killed run resumes its batches),
-            ``hf:PATH`` (local causal LM) or ``replay:DIR`` (released outputs: a ../shared/data-style folder or the
-            official datasets/ layout).
+            ``hf:PATH`` (local causal LM), ``replay:DIR`` (released outputs: a ../shared/data-style folder or the
+            official datasets/ layout) or ``student:RUN_DIR`` (a trained stepdistill student, its run folder or
+            export: its generated rationale, its label and its candidate scores).
         out: The JSON Lines cache to write (appended to; one record per example).
         split: Split to generate for.
         limit: Only the first N examples (after sharding).
@@ -47,6 +49,11 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         top_p: Nucleus sampling mass.
         n: Samples per example; > 1 enables self-consistency (majority vote on the label; needs temperature > 0).
         seed: Sampling seed, where the teacher supports one.
+        label_logprobs: Also record the teacher's distribution over the candidate labels (label_logprobs, for soft
+            labels): openai/openai-batch from the answer tokens' top_logprobs, hf from every candidate's score after
+            its own rationale. student: teachers and --n K (vote shares) record it without this option. Not for
+            free-form tasks (svamp) or replay (no scores). Part of the cache key.
+        top_logprobs: API teachers with --label-logprobs: alternatives per answer token (1 to 20).
         endpoint: API endpoint: ``chat`` or ``completions``.
         base_url: API base URL (default: $OPENAI_BASE_URL, else OpenAI's).
         api_key: API key (default and preferred: $OPENAI_API_KEY). Never written anywhere.
@@ -56,8 +63,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         requests_per_minute: Client-side request-rate limit.
         tokens_per_minute: Client-side token-rate limit.
         prices: USD per million tokens by model, ``{model: [input, output]}`` (adds to the built-in table).
-        device: Local model device: auto, cpu, cuda, mps.
-        batch_size: Local model prompts per batch.
+        device: Local model (hf, student) device: auto, cpu, cuda, mps.
+        batch_size: Local model (hf, student) prompts per batch.
         dtype: Local model weights: auto (bfloat16 on cuda, else float32), float32, bfloat16, float16.
         prompt_format: Local model prompt: auto (the chat template when the tokenizer has one), chat or raw.
         system_prompt: Local chat models: a system message put before the few-shot turns.
@@ -106,11 +113,14 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
     elif kind == "hf":
         options = dict(device=device, batch_size=batch_size, dtype=dtype, prompt_format=prompt_format,
                        system_prompt=system_prompt)
+    elif kind == "student":
+        options = dict(device=device, batch_size=batch_size)
     try:
         loaded = load_data(data, splits=[split])
         examples = loaded.splits[split]
         teacher_obj = make_teacher(teacher, loaded.task.name, split, **options)
-        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed,
+                                  label_logprobs=label_logprobs, top_logprobs=top_logprobs)
         generator = RationaleGenerator(loaded.task, teacher_obj, out, template=prompt, params=params,
                                        concurrency=concurrency, filter_gold=filter_gold, retry_failed=retry_failed,
                                        shard=shard, progress=progress)

@@ -6,6 +6,8 @@ One record per example, keyed by (example id, prompt hash, teacher model, genera
      "status": "ok" | "parse_error" | "failed" | "filtered", "error", "error_detail",
      "raw_output", "finish_reason", "rationale", "label",
      "outputs", "votes", "rationales",          # only with self-consistency (n > 1)
+     "label_logprobs", "label_logprobs_source", "label_logprob_rest",  # the teacher's label distribution, where
+                                                 # it gives one (ok/filtered records; see label_scores.py)
      "usage": {"prompt_tokens", "completion_tokens"}, "cost", "attempts", "attempt_errors", "gold_filter"}
 
 - ``failed``: the request failed after every retry (``error`` says why: http_429, timeout, ...).
@@ -27,7 +29,7 @@ import json
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +38,9 @@ import jsonlines
 from ..locks import exclusive_lock
 from ..rationales import CacheError, attach_rationales, index_by_key, load_rationales, read_cache  # noqa: F401
 from ..tasks import Task, get_task
+from . import label_scores
 from .prompts import PromptTemplate, load_template, template_for_task
+from .summary import Summary, format_summary  # noqa: F401  (importable from here, as before)
 from .teachers import GenerationParams, Reply, Teacher
 
 STATUSES = ("ok", "parse_error", "failed", "filtered")
@@ -127,7 +131,11 @@ def _group_label(task: Task, label: str, groups: list[str], fields: dict[str, An
 
 
 def finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
-    """Fill the derived fields (status, rationale, label, votes) from the raw outputs. Pure: reruns agree."""
+    """Fill the derived fields (status, rationale, label, votes, label_logprobs) from the raw outputs. Pure."""
+    return label_scores.settle(_finalize(record, task, fields, filter_gold), task, fields)
+
+
+def _finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
     record = dict(record)
     record["gold_filter"] = filter_gold
     if record["status"] == "failed" and not record.get("raw_output") and not record.get("outputs"):
@@ -168,58 +176,6 @@ def finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_
 # -- the generator ---------------------------------------------------------------------------------------------
 
 @dataclass
-class Summary:
-    examples: int = 0
-    cached: int = 0  # answered from the cache, no request
-    generated: int = 0  # new records this run
-    failed_this_run: int = 0  # new records that are request or parse failures
-    ok: int = 0
-    parse_failures: Counter = field(default_factory=Counter)  # over all examples, by reason
-    request_failures: Counter = field(default_factory=Counter)  # over all examples, after retries, by reason
-    filtered: int = 0  # examples whose rationales the gold filter dropped
-    rationales_dropped: int = 0
-    agree: int = 0  # teacher label equals gold (over all examples)
-    requests: int = 0  # attempts sent this run, retries included
-    retried: Counter = field(default_factory=Counter)  # failed attempts that were retried, by reason
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
-    partial_line_dropped: bool = False
-    elapsed_s: float = 0.0
-
-    @property
-    def agreement(self) -> float:
-        return self.agree / self.examples if self.examples else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {name: (dict(value.most_common()) if isinstance(value, Counter) else value)
-               for name, value in self.__dict__.items()}
-        out["agreement"] = round(self.agreement, 6)
-        return out
-
-
-def format_summary(summary: Summary) -> str:
-    s = summary
-    lines = [f"{s.examples:,} examples: {s.cached:,} from the cache, {s.generated:,} generated "
-             f"({s.requests:,} requests) in {s.elapsed_s:.1f}s",
-             f"usable rationales: {s.ok:,}; teacher-label agreement with gold: {s.agreement:.1%} ({s.agree:,}/{s.examples:,})"]
-    if s.parse_failures:
-        lines.append("parse failures by reason: " + ", ".join(f"{k} {v:,}" for k, v in s.parse_failures.most_common()))
-    if s.request_failures:
-        lines.append("request failures (after retries) by reason: "
-                     + ", ".join(f"{k} {v:,}" for k, v in s.request_failures.most_common()))
-    if s.retried:
-        lines.append("retried attempts by reason: " + ", ".join(f"{k} {v:,}" for k, v in s.retried.most_common()))
-    if s.filtered:
-        lines.append(f"dropped by the gold filter: {s.filtered:,} examples ({s.rationales_dropped:,} rationales)")
-    cost = "n/a (no price for this model)" if s.cost is None else f"${s.cost:.4f}"
-    lines.append(f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion; cost {cost}")
-    if s.partial_line_dropped:
-        lines.append("a partial final line from an interrupted run was dropped from the cache")
-    return "\n".join(lines)
-
-
-@dataclass
 class GenerationResult:
     records: list[dict[str, Any]]  # one per example, in example order
     summary: Summary
@@ -258,7 +214,7 @@ class RationaleGenerator:
         self.task = get_task(task)
         self.teacher = teacher
         self.cache_path = Path(cache_path)
-        uses_prompt = teacher.kind != "replay"
+        uses_prompt = teacher.uses_prompt
         if isinstance(template, PromptTemplate) or template is None and not uses_prompt:
             self.template = template
         else:
@@ -268,6 +224,8 @@ class RationaleGenerator:
             params = GenerationParams(**{**params.__dict__, "stop": self.template.stop})
         if teacher.kind == "replay" and params.n > 1:
             raise ValueError("the replay teacher has one output per example: self-consistency needs n = 1")
+        teacher.check(params)
+        label_scores.check_supported(self.task, teacher, params)
         self.params = params
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -300,7 +258,9 @@ class RationaleGenerator:
             if self.shard and shard_of(example_id, self.shard[1]) != self.shard[0]:
                 continue
             if self.template is None:
-                prompt, hashed = None, "released"  # a recording: its prompt is the one it was made with
+                # a recording: its prompt is the one it was made with; a teacher reading the example: its input
+                prompt = None
+                hashed = prompt_hash(self.task.format_input(fields)) if self.teacher.uses_fields else "released"
             else:
                 try:
                     prompt = self.template.render(self.task.prompt_fields(fields))
@@ -322,6 +282,7 @@ class RationaleGenerator:
         }
         if len(reply.outputs) > 1:
             record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
+        record.update(label_scores.record_fields(self.task, job.fields, reply))
         record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
                       cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
                       attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))
@@ -386,8 +347,11 @@ class RationaleGenerator:
             loop = asyncio.get_running_loop()
             while todo:
                 batch = [todo.popleft() for _ in range(min(self.teacher.batch_size, len(todo)))]
+                extra = {"fields": [job.fields for job in batch]} if self.teacher.uses_fields else {}
                 replies = await self.teacher.generate([job.prompt for job in batch], [job.example_id for job in batch],
-                                                      self.params)
+                                                      self.params, **extra)
+                if self.params.label_logprobs and self.params.n == 1 and hasattr(self.teacher, "score_candidates"):
+                    await label_scores.score_after_rationales(self.task, self.teacher, batch, replies)
                 waits = []
                 for job, reply in zip(batch, replies):
                     record = self._record(job, reply)

@@ -90,6 +90,7 @@ class HFTeacher(Teacher):
 
     kind = "hf"
     max_concurrency = 1  # one batch at a time on the device
+    label_source = "scores"
 
     def __init__(self, path: str, device: str = "auto", batch_size: int = 8, dtype: str = "auto",
                  prompt_format: str = "auto", system_prompt: str | None = None):
@@ -177,6 +178,7 @@ class HFTeacher(Teacher):
         # the chat wrapping is not part of the prompt hash, so it goes into the cache key here
         device, dtype = self._device_and_dtype()
         key = {**params.as_dict(), "dtype": dtype, "prompt_format": "chat" if self.uses_chat else "raw"}
+        key.pop("top_logprobs", None)  # an API's option
         if self.uses_chat and self.system_prompt is not None:
             key["system_prompt"] = self.system_prompt
         return key
@@ -257,3 +259,34 @@ class HFTeacher(Teacher):
 
     async def generate(self, prompts, ids, params):
         return await asyncio.to_thread(self.generate_sync, prompts, params)
+
+    # -- candidate scores (--label-logprobs) -------------------------------------------------------------------
+    def score_sync(self, queries: list[tuple[str, str, list[str]]]) -> list[list[float] | None]:
+        """For each (prompt, answer head, targets): every target's teacher-forced log-probability after the rendered
+        prompt and the head, summed over the target's tokens (a token that straddles the boundary counts with the
+        target); None where the text exceeds the model's context. One forward pass per query, its targets batched
+        (left-padded, positions from the mask)."""
+        import torch
+
+        model, tokenizer = self._load()
+        out = []
+        for prompt, head, targets in queries:
+            context = self.render(prompt) + head
+            encoded = tokenizer([context + target for target in targets], return_offsets_mapping=True, padding=True,
+                                return_tensors="pt", add_special_tokens=not self.uses_chat)
+            mask = encoded["attention_mask"]
+            if self._context and mask.shape[1] > self._context:  # beyond the model's positions: no scores
+                out.append(None)
+                continue
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = model(input_ids=encoded["input_ids"].to(self.device), attention_mask=mask.to(self.device),
+                               position_ids=positions.to(self.device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(
+                -1, encoded["input_ids"][:, 1:, None].to(self.device))[..., 0].cpu()
+            in_target = (encoded["offset_mapping"][:, 1:, 1] > len(context)) & mask[:, 1:].bool()
+            out.append([float(row[chosen].sum()) for row, chosen in zip(logprobs, in_target)])
+        return out
+
+    async def score_candidates(self, queries):
+        return await asyncio.to_thread(self.score_sync, queries)

@@ -387,11 +387,11 @@ class OpenAIBatchTeacher(OpenAITeacher):
         if status == 200:
             stand_in = _StandIn(response.get("body"))
             try:
-                texts, finish, prompt_tokens, completion_tokens = await self._call(stand_in, "", GenerationParams())
+                texts, finish, prompt_tokens, completion_tokens, logprobs = await self._call(stand_in, "", GenerationParams())
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 return "malformed_response", f"{type(exc).__name__}: {exc}"[:500]
             return Reply(outputs=texts, finish_reasons=finish, prompt_tokens=prompt_tokens,
-                         completion_tokens=completion_tokens)
+                         completion_tokens=completion_tokens, token_logprobs=logprobs)
         if isinstance(status, int):
             body = response.get("body")
             error_object = body.get("error") if isinstance(body, dict) else None

@@ -1,5 +1,5 @@
-"""Teachers behind one interface: an OpenAI-compatible API, a local Hugging Face causal LM, and replay of released
-outputs.
+"""Teachers behind one interface: an OpenAI-compatible API here, a local Hugging Face causal LM (hf_teacher.py),
+replay of released outputs (replay.py) and kinds registered from above (the CLI's ``student:RUN_DIR``).
 
 A teacher answers a batch of prompts with one :class:`Reply` per prompt (``n`` sampled outputs, token usage,
 attempts, or the reason it failed). The generator decides what to ask and writes the cache; a teacher only talks
@@ -41,8 +41,13 @@ class GenerationParams:
     n: int = 1  # samples per example (self-consistency when > 1)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # record the teacher's distribution over the candidate labels (label_logprobs; see label_scores.py)
+    label_logprobs: bool = False
+    top_logprobs: int = 20  # API teachers: alternatives per answer token (the OpenAI API's limit: 20)
 
     def __post_init__(self):
+        if not 1 <= self.top_logprobs <= 20:
+            raise ValueError(f"--top-logprobs must be between 1 and 20 (the API's limit), got {self.top_logprobs}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.n > 1 and self.temperature <= 0:
@@ -50,7 +55,10 @@ class GenerationParams:
         object.__setattr__(self, "stop", tuple(self.stop))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "stop": list(self.stop)}
+        out = {**asdict(self), "stop": list(self.stop)}
+        if not self.label_logprobs:  # off: the keys of caches written before the option existed
+            del out["label_logprobs"], out["top_logprobs"]
+        return out
 
 
 @dataclass
@@ -65,6 +73,10 @@ class Reply:
     attempt_errors: list[str] = field(default_factory=list)  # reasons of the failed attempts, in order
     error: str | None = None  # e.g. http_429, http_500, timeout, connection, malformed_response, missing_output
     error_detail: str | None = None
+    # per output, where the teacher gives them: every candidate's score (sequence log-probability), or the
+    # answer's tokens as (token, logprob, [(alternative, logprob), ...]) from an API's top_logprobs
+    label_scores: list[dict[str, float] | None] | None = None
+    token_logprobs: list[list[tuple[str, float, list[tuple[str, float]]]] | None] | None = None
 
 
 class TeacherFatalError(RuntimeError):
@@ -76,6 +88,9 @@ class Teacher:
     model: str = ""
     batch_size: int = 1  # prompts per generate() call
     max_concurrency: int | None = None  # None: as many concurrent calls as the generator asks for
+    label_source: str | None = None  # what --label-logprobs records: "top_logprobs", "scores" or None (nothing)
+    uses_prompt: bool = True  # False: the teacher reads the example (uses_fields) or a recording, not a prompt
+    uses_fields: bool = False  # True: generate() also gets ``fields=`` (each example's raw fields)
 
     @property
     def model_id(self) -> str:
@@ -94,6 +109,9 @@ class Teacher:
 
     async def generate(self, prompts: list[str], ids: list[str], params: GenerationParams) -> list[Reply]:
         raise NotImplementedError
+
+    def check(self, params: GenerationParams) -> None:
+        """Raise ValueError for parameters this teacher cannot honour (before any request)."""
 
     async def aclose(self) -> None:
         pass
@@ -171,6 +189,7 @@ class OpenAITeacher(Teacher):
     """
 
     kind = "openai"
+    label_source = "top_logprobs"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, endpoint: str = "chat",
                  timeout: float = 60.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -255,6 +274,9 @@ class OpenAITeacher(Teacher):
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.label_logprobs and params.n == 1:  # with n > 1 the votes are the distribution
+            body.update({"logprobs": True, "top_logprobs": params.top_logprobs} if self.endpoint == "chat"
+                        else {"logprobs": params.top_logprobs})
         # client.post (the client's documented way to call any endpoint) rather than .create(): the same HTTP
         # layer, errors and response types, without the per-call parameter transform that costs ~1 ms of CPU,
         # a third of the client's work per request at hundreds of requests per second
@@ -271,8 +293,10 @@ class OpenAITeacher(Teacher):
         if not isinstance(choices, list) or not choices:
             raise ValueError("response has no choices")
         usage = response.usage
+        from .label_scores import response_token_logprobs
+
         return texts, [choice.finish_reason for choice in choices], (usage.prompt_tokens or 0) if usage else 0, \
-            (usage.completion_tokens or 0) if usage else 0
+            (usage.completion_tokens or 0) if usage else 0, response_token_logprobs(choices)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:  # the server knows best; a little jitter so waiters do not return together
@@ -296,7 +320,7 @@ class OpenAITeacher(Teacher):
             retry_after = None
             try:
                 async with asyncio.timeout(self.timeout):  # a hard bound; httpx's timeout is per read, not total
-                    texts, finish, prompt_tokens, completion_tokens = await self._call(client, prompt, params)
+                    texts, finish, prompt_tokens, completion_tokens, logprobs = await self._call(client, prompt, params)
             except (openai.APITimeoutError, TimeoutError) as exc:  # before APIConnectionError: a subclass of it
                 reason, detail = _timeout_or_dropped(exc), str(exc) or f"no answer within {self.timeout}s"
             except openai.APIConnectionError as exc:
@@ -317,7 +341,7 @@ class OpenAITeacher(Teacher):
             else:
                 if self._token_limiter:
                     self._token_limiter.settle(prompt_tokens + completion_tokens - estimate)
-                reply.outputs, reply.finish_reasons = texts, finish
+                reply.outputs, reply.finish_reasons, reply.token_logprobs = texts, finish, logprobs
                 reply.prompt_tokens += prompt_tokens
                 reply.completion_tokens += completion_tokens
                 return reply
@@ -347,71 +371,18 @@ def _timeout_or_dropped(exc: BaseException) -> str:
     return "timeout"
 
 
-# -- replay of released outputs --------------------------------------------------------------------------------
+# kinds registered by the layers above (stepdistill.student_teacher's ``student:RUN_DIR``): this layer may not import them
+_REGISTERED: dict[str, Any] = {}
 
-class ReplayTeacher(Teacher):
-    """Released teacher outputs instead of a model: paper reproduction without an API.
 
-    ``folder`` is a ``../shared/data``-style root (``{task}/palm_{split}.jsonl.gz``, joined by id), a task folder
-    holding ``palm_{split}.jsonl[.gz]``, or the official ``datasets/`` layout (``{task}/llm/{split}_CoT_{i}.json``
-    chunks in index order; output i belongs to example i).
-    """
-
-    kind = "replay"
-
-    def __init__(self, folder: str | Path, task: str, split: str):
-        from ..data import _teacher_from_dir  # the data layer's readers for both layouts (errors name file/line)
-
-        root = Path(folder)
-        if not root.is_dir():
-            raise ValueError(f"replay folder not found: {root}")
-        self.folder, self.split = root, split
-        self.model = f"{root.resolve().name}/{task}"
-        outputs, where = None, ""
-        for candidate in (root / task, root):
-            if candidate.is_dir():
-                outputs, where = _teacher_from_dir(candidate, split)
-                if outputs is not None:
-                    break
-        if outputs is None:
-            raise ValueError(f"{root}: no teacher outputs for task {task!r} split {split!r} "
-                             f"(looked for {task}/palm_{split}.jsonl[.gz] and {task}/llm/{split}_CoT_*.json)")
-        self.source = where
-        self.outputs = {key: text for key, (_, text) in outputs.items()}
-        if where.endswith("_CoT_*.json"):  # chunks hold outputs by position: key them as the examples are keyed
-            self.outputs = self._keyed_by_example_id(Path(where).parent.parent, task, split) or self.outputs
-
-    @staticmethod
-    def _keyed_by_example_id(folder: Path, task: str, split: str) -> dict[str, str] | None:
-        """Outputs by the ids of the official examples file beside the chunks (cos_e's string ids for CQA), or None
-        when that file is absent (the chunks alone: ids are positions)."""
-        from ..data import load_task_data
-
-        if not (folder / f"{task}_{split}.json").exists():
-            return None
-        records = load_task_data(task, data_dir=folder, source="official", splits=[split]).splits[split]
-        return {record["id"]: record["teacher_output"] for record in records if record["teacher_output"] is not None}
-
-    def __repr__(self) -> str:
-        return f"ReplayTeacher({self.source!r}, {len(self.outputs)} outputs)"
-
-    def key_params(self, params):
-        return {"split": self.split}  # sampling settings do not change a recording
-
-    async def generate(self, prompts, ids, params):
-        replies = []
-        for example_id in ids:
-            text = self.outputs.get(str(example_id))
-            if text is None:
-                replies.append(Reply(error="missing_output", error_detail=f"{self.source}: no output with id {example_id}"))
-            else:
-                replies.append(Reply(outputs=[text], finish_reasons=[None]))
-        return replies
+def register_teacher_kind(kind: str, factory: Any) -> None:
+    """``make_teacher("KIND:TARGET", task, split, **options)`` calls ``factory(TARGET, task, split, **options)``."""
+    _REGISTERED[kind] = factory
 
 
 def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> Teacher:
-    """``openai:MODEL``, ``openai-batch:MODEL``, ``hf:PATH`` or ``replay:DIR``; ``options`` go to the teacher's
-    constructor.
+    """``openai:MODEL``, ``openai-batch:MODEL``, ``hf:PATH``, ``replay:DIR`` or a registered kind (the CLI
+    registers ``student:RUN_DIR``); ``options`` go to the teacher's constructor.
 
     ``openai-batch:`` is the OpenAI Batch API (:mod:`stepdistill.teacher.openai_batch`): the same requests as
     ``openai:``, answered within 24 hours at half the price.
@@ -420,8 +391,11 @@ def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> 
     its options are HFTeacher's: device, batch_size, dtype, prompt_format, system_prompt.
     """
     kind, _, target = spec.partition(":")
+    *head, last = ["openai:MODEL", "openai-batch:MODEL", "hf:PATH", "replay:DIR",
+                   *(f"{name}:{getattr(factory, 'target', 'TARGET')}" for name, factory in _REGISTERED.items())]
+    kinds = f"{', '.join(head)} or {last}"
     if not target:
-        raise ValueError(f"teacher {spec!r}: expected openai:MODEL, openai-batch:MODEL, hf:PATH or replay:DIR")
+        raise ValueError(f"teacher {spec!r}: expected {kinds}")
     if kind == "openai":
         return OpenAITeacher(target, **options)
     if kind == "openai-batch":
@@ -433,15 +407,22 @@ def make_teacher(spec: str, task: str, split: str = "train", **options: Any) -> 
 
         return HFTeacher(target, **options)  # a short name (hf:smollm2-135m) is resolved when the model loads
     if kind == "replay":
+        from .replay import ReplayTeacher
+
         return ReplayTeacher(target, task, split)
-    raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected openai:MODEL, openai-batch:MODEL, hf:PATH "
-                     "or replay:DIR")
+    if kind in _REGISTERED:
+        return _REGISTERED[kind](target, task, split, **options)
+    raise ValueError(f"teacher {spec!r}: unknown kind {kind!r}; expected {kinds}")
 
 
 def __getattr__(name: str):
-    # the local teacher lives in hf_teacher.py (which imports this module); still importable from here
+    # the local teacher lives in hf_teacher.py and replay in replay.py (both import this module); still importable
     if name in ("HFTeacher", "auto_device", "cut_at_stop"):
         from . import hf_teacher
 
         return getattr(hf_teacher, name)
+    if name == "ReplayTeacher":  # replay.py, which imports this module
+        from .replay import ReplayTeacher
+
+        return ReplayTeacher
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,6 +45,9 @@ class Script:
     retry_after: str = "0.05"  # Retry-After header value sent with 429
     hang_seconds: float = 3.0  # how long a "timeout" fault stalls before answering
     status: int | None = None  # answer every request with this HTTP error status (e.g. 400, 401)
+    # marker -> the answer's tokens, [(token, logprob, [(alternative, logprob), ...]), ...], sent when a request
+    # asks for logprobs (default: the text cut before each space, logprob -0.01, no alternatives)
+    logprobs: dict[str, list] = field(default_factory=dict)
 
 
 class _Server(ThreadingHTTPServer):
@@ -118,6 +121,12 @@ class FakeOpenAIServer:
         if isinstance(scripted, str):
             scripted = [scripted]
         return [scripted[i % len(scripted)] for i in range(n)]
+
+    def _tokens_for(self, marker: str, text: str, top: int) -> list[tuple[str, float, list]]:
+        scripted = self.script.logprobs.get(marker)
+        if scripted is None:
+            return [(token, -0.01, []) for token in re.findall(r"\s*\S+|\s+", text)]
+        return [(token, logprob, list(alternatives)[:top]) for token, logprob, alternatives in scripted]
 
     def _handler_class(self):
         server = self
@@ -204,11 +213,22 @@ class FakeOpenAIServer:
                     finish = "length"
                 choices = []
                 for index, text in enumerate(texts):
+                    # OpenAI's two formats: chat (content entries) and completions (parallel lists)
+                    tokens = server._tokens_for(marker, text, int(body.get("top_logprobs") or body.get("logprobs") or 0)
+                                                ) if body.get("logprobs") else None
                     if chat:
+                        logprobs = None if tokens is None else {"content": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode()),
+                             "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in alts]}
+                            for t, lp, alts in tokens], "refusal": None}
                         choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": finish, "logprobs": None})
+                                        "finish_reason": finish, "logprobs": logprobs})
                     else:
-                        choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None})
+                        logprobs = None if tokens is None else {
+                            "tokens": [t for t, _, _ in tokens], "token_logprobs": [lp for _, lp, _ in tokens],
+                            "top_logprobs": [dict(alts) for _, _, alts in tokens],
+                            "text_offset": [sum(len(t) for t, _, _ in tokens[:k]) for k in range(len(tokens))]}
+                        choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs})
                 prompt_tokens = len(prompt.split())
                 completion_tokens = sum(len(text.split()) for text in texts)
                 payload = {

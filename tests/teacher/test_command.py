@@ -55,7 +55,7 @@ def test_generate_errors_are_clear(tmp_path, monkeypatch):
     examples = write_jsonl(tmp_path / "train.jsonl", nli_examples(2))
     base = ["generate", "--task", "esnli", "--source", "jsonl", "--files", json.dumps({"train": str(examples)}),
             "--out", str(tmp_path / "o.jsonl")]
-    with pytest.raises(SystemExit, match="error: teacher 'gpt-4o': expected openai:MODEL, openai-batch:MODEL, hf:PATH or replay:DIR"):
+    with pytest.raises(SystemExit, match="error: teacher 'gpt-4o': expected openai:MODEL, openai-batch:MODEL, hf:PATH, replay:DIR or student:RUN_DIR"):
         main(base + ["--teacher", "gpt-4o"])
     with pytest.raises(SystemExit, match="error: no built-in prompt template|error: prompt template not found"):
         main(base + ["--teacher", "openai:m", "--prompt", str(tmp_path / "nope.txt")])

@@ -271,3 +271,44 @@ def test_make_teacher_resolves_short_names(tmp_path, monkeypatch):
     from stepdistill.teacher import teachers
 
     assert teachers.HFTeacher is stepdistill.HFTeacher is HFTeacher  # still importable from its old module
+
+
+# -- candidate scores after the teacher's own rationale (--label-logprobs, issue 24) ---------------------------
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "chat_model_dir"])
+def test_label_logprobs_score_every_candidate_after_the_rationale(model_fixture, request, tmp_path):
+    import math
+
+    import torch
+
+    from stepdistill.teacher.teachers import Reply
+
+    teacher = HFTeacher(str(request.getfixturevalue(model_fixture)), device="cpu")
+    answer = "A dog is an animal.\nAnswer: neutral"  # the random model's own text would not parse: fix the answer
+    teacher._generate = lambda texts, params: [Reply(outputs=[answer], finish_reasons=["stop"]) for _ in texts]
+    template = tmp_path / "short.txt"
+    template.write_text("Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:")
+    examples = [{"id": 0, "premise": "A dog runs.", "hypothesis": "An animal is moving.", "label": "entailment"},
+                {"id": 1, "premise": "A cat sleeps.", "hypothesis": "A cat runs.", "label": "contradiction"}]
+    generator = RationaleGenerator("esnli", teacher, tmp_path / "hf.jsonl", template=template, progress=False,
+                                   params=GenerationParams(max_new_tokens=8, label_logprobs=True))
+    records = generator.run(examples).records
+    assert records[0]["params"]["label_logprobs"] is True and "top_logprobs" not in records[0]["params"]
+    model, tokenizer = teacher._load()
+    for example, record in zip(examples, records):
+        # by hand: the context and each candidate (" neutral": the space the model writes before it) encoded apart
+        prompt = template.read_text().format(**example)
+        context = tokenizer(teacher.render(prompt) + "A dog is an animal.\nAnswer:",
+                            add_special_tokens=not teacher.uses_chat)["input_ids"]
+        scores = {}
+        for label in ("entailment", "neutral", "contradiction"):
+            target = tokenizer(" " + label, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(torch.tensor([context + target])).logits[0]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            scores[label] = sum(float(logprobs[len(context) - 1 + k, token]) for k, token in enumerate(target))
+        total = math.log(sum(math.exp(v) for v in scores.values()))
+        assert record["status"] == "ok" and record["label_logprobs_source"] == "scores"
+        assert record["label_logprobs"] == pytest.approx({k: v - total for k, v in scores.items()}, abs=1e-5)
+        assert record["label_logprob_rest"] is None
+    assert records[0]["label_logprobs"] != records[1]["label_logprobs"]  # the prompt matters
