@@ -88,4 +88,7 @@ def training_arguments(config: TrainConfig, checkpoint_dir: Path, per_device: in
         # ranks may run different numbers of forward passes (a micro-batch without rationales skips one): a buffer
         # broadcast at every forward would then deadlock them; our buffers (rotary tables) are constants
         ddp_broadcast_buffers=False,
+        # issue 24: the hidden-state projections are used outside the student's forward; DDP's search for unused
+        # parameters would mark them ready at the forward and again at the backward (every parameter is used)
+        **({"ddp_find_unused_parameters": False} if config.hidden_weight > 0 else {}),
     )

@@ -294,3 +294,28 @@ def test_a_resumed_run_keeps_the_trained_projections(teacher_dir, tmp_path):
     assert not torch.allclose(two[name], parts[name])  # it trained on after the resume
     assert all(torch.allclose(whole[k], parts[k], rtol=1e-4, atol=1e-6) for k in whole), \
         [k for k in whole if not torch.allclose(whole[k], parts[k], rtol=1e-4, atol=1e-6)]
+
+
+@pytest.mark.slow  # three processes start (73 s on the shared 2-core machine)
+def test_two_processes_match_one_with_a_teacher(teacher_dir, tmp_path):
+    """DDP: the projections are a submodule of the student, so their gradients are averaged like its own; the
+    distillation terms are normalised by the global token counts: 2 processes x 2 micro-batches = 1 x 4."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    from test_multiprocess import HERE, _free_port, _run
+
+    student = str(_narrow_student(teacher_dir, tmp_path / "narrow"))
+    worker = str(HERE / "ddp_worker.py")
+    _run([sys.executable, worker, str(tmp_path / "one"), "random", student, str(teacher_dir)], tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          worker, str(tmp_path / "two"), "random", student, str(teacher_dir)], tmp_path)
+    loss = lambda run: [row["loss"] for row in read_log(tmp_path / run) if "loss" in row]
+    assert len(loss("one")) == 4 and loss("two") == pytest.approx(loss("one"), rel=1e-4)
+    kd = lambda run: [row["label_hidden_loss"] for row in read_log(tmp_path / run) if "loss" in row]
+    assert min(kd("one")) > 1e-3
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["processes"] == 2 and results["kd"]["hidden_layers"] == "1:2,2:4"
+    one, two = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6) for k in one)
