@@ -1,0 +1,80 @@
+"""token_topk in the cache (issue 24, item 3, offline token KD): every generated token's top-K from an API's
+top_logprobs on the loopback server (chat and completions), bounded, keyed only when on; the refusals."""
+
+import json
+
+import pytest
+from cli_helpers import error_line
+from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
+
+from stepdistill.teacher.generator import RationaleGenerator
+from stepdistill.teacher.teachers import GenerationParams, OpenAITeacher
+
+OUTPUTS = {"0": "The dog moves.\nAnswer: entailment", "1": "No answer."}
+LOGPROBS = {
+    "0": [("The", -0.5, [("The", -0.5), ("A", -1.25), ("Dogs", -3.0)]),
+          (" dog moves.", -0.1, [(" cat", -2.5), (" dog moves.", -0.1)]),  # alternatives out of order: sorted
+          ("\nAnswer:", -0.01, [("\nAnswer:", -0.01)]),
+          (" entailment", -0.2, [(" entailment", -0.2), (" neutral", -2.0), (" contradiction", -3.5)])],
+}
+
+
+def _generate(server, tmp_path, params, endpoint="chat", count=2):
+    teacher = OpenAITeacher("gpt-4o-mini", base_url=server.url, api_key=API_KEY, timeout=2, endpoint=endpoint)
+    generator = RationaleGenerator("esnli", teacher, tmp_path / f"{endpoint}.jsonl", params=params, progress=False)
+    return generator.run(nli_examples(count))
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_every_token_top_k_is_cached_exactly(serve, tmp_path, endpoint):
+    server = serve(outputs=OUTPUTS, logprobs=LOGPROBS)
+    result = _generate(server, tmp_path, GenerationParams(token_logprobs=2, max_new_tokens=3), endpoint)
+    body = server.bodies[0]
+    assert (body["logprobs"], body.get("top_logprobs")) == ((True, 2) if endpoint == "chat" else (2, None))
+    by_id = {record["id"]: record for record in cache_lines(tmp_path / f"{endpoint}.jsonl")}
+    # 3 positions (max_new_tokens) of the 4 the server gave; 2 alternatives each, most likely first
+    assert by_id["0"]["token_topk"] == {
+        "tokenizer": "gpt-4o-mini", "k": 2,
+        "chosen": ["The", " dog moves.", "\nAnswer:"], "chosen_logprobs": [-0.5, -0.1, -0.01],
+        "tokens": [["The", "A"], [" dog moves.", " cat"], ["\nAnswer:"]],
+        "logprobs": [[-0.5, -1.25], [-0.1, -2.5], [-0.01]]}
+    assert by_id["0"]["params"]["token_logprobs"] == 2
+    # token log-probabilities alone are no label distribution
+    assert "label_logprobs" not in by_id["0"]
+    # a parse error keeps none (the student never trains on it)
+    assert by_id["1"]["status"] == "parse_error" and "token_topk" not in by_id["1"]
+    assert [r.get("token_topk") for r in result.records] == [by_id["0"]["token_topk"], None]
+
+
+def test_off_keeps_the_old_key_and_on_is_a_new_one(serve, tmp_path):
+    server = serve(outputs=OUTPUTS, logprobs=LOGPROBS)
+    plain = _generate(server, tmp_path, GenerationParams(), count=1).records[0]
+    assert "logprobs" not in server.bodies[0] and "token_topk" not in plain and "token_logprobs" not in plain["params"]
+    topk = _generate(server, tmp_path, GenerationParams(token_logprobs=3), count=1).records[0]
+    assert topk["key"] != plain["key"] and server.requests == 2
+    assert topk["token_topk"]["tokens"][0] == ["The", "A", "Dogs"] and len(topk["token_topk"]["chosen"]) == 4
+    # with --label-logprobs too: one request asking the larger K, both fields recorded
+    both = _generate(server, tmp_path, GenerationParams(token_logprobs=2, label_logprobs=True, top_logprobs=3),
+                     count=1).records[0]
+    assert server.bodies[-1]["top_logprobs"] == 3 and both["token_topk"]["k"] == 2
+    assert both["label_logprobs_source"] == "top_logprobs"
+
+
+def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    examples = write_jsonl(tmp_path / "train.jsonl", nli_examples(2))
+    base = ["generate", "--task", "esnli", "--source", "jsonl", "--files", json.dumps({"train": str(examples)}),
+            "--out", str(tmp_path / "o.jsonl"), "--progress", "false"]
+    (tmp_path / "released" / "esnli").mkdir(parents=True)
+    (tmp_path / "released" / "esnli" / "palm_train.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "output": "x\nAnswer: entailment"}) + "\n" for i in range(2)))
+    line = error_line(capsys, base + ["--teacher", f"replay:{tmp_path / 'released'}", "--token-logprobs", "5"])
+    assert line == ("error: --token-logprobs: the replay teacher gives no per-token log-probabilities; they come "
+                    "from openai:MODEL or openai-batch:MODEL (top_logprobs)")
+    line = error_line(capsys, base + ["--teacher", "openai:gpt-4o-mini", "--token-logprobs", "21"])
+    assert line == "error: --token-logprobs: at most 20 for an API teacher (its top_logprobs limit), got 21"
+    line = error_line(capsys, base + ["--teacher", "openai:gpt-4o-mini", "--token-logprobs", "2", "--n", "3",
+                                      "--temperature", "0.7"])
+    assert line.startswith("error: --token-logprobs: needs --n 1")
+    line = error_line(capsys, base + ["--teacher", "openai:gpt-4o-mini", "--token-logprobs", "101"])
+    assert line == "error: --token-logprobs must be between 1 and 100 (0: off), got 101"
