@@ -182,6 +182,8 @@ class TrainConfig:
         if self.kd_temperature <= 0:
             raise ValueError(f"option --kd-temperature: must be positive, got {self.kd_temperature}")
         check_layer_map_syntax(self.hidden_layers)
+        if self.hidden_layers and not self.hidden_weight:
+            raise ValueError("option --hidden-layers: needs --hidden-weight above 0")
         weighted = self.token_kd_weight > 0 or self.hidden_weight > 0
         if weighted and not self.kd_teacher:
             raise ValueError("option --token-kd-weight / --hidden-weight: needs a teacher (--kd-teacher PATH)")

@@ -223,6 +223,10 @@ def test_identical_teacher_and_student_give_zero_kd_and_a_vocabulary_mismatch_is
                           (["--kd-teacher", "x", "--token-kd-weight", "1.5"], "--token-kd-weight: must be in [0, 1]"),
                           (["--kd-teacher", "x", "--token-kd-weight", "1", "--kd-divergence", "kl"],
                            "--kd-divergence: one of fkl, rkl, jsd"),
+                          (["--kd-teacher", "x", "--token-kd-weight", "1", "--hidden-layers", "1:1"],
+                           "option --hidden-layers: needs --hidden-weight above 0"),
+                          (["--kd-teacher", "x", "--hidden-weight", "1", "--hidden-layers", "1-2"],
+                           "option --hidden-layers: expected student:teacher layer pairs like 1:2,2:4"),
                           (["--kd-teacher", "x", "--token-kd-weight", "1", "--shared-encoder", "true"],
                            "option --kd-teacher: not supported with --shared-encoder")):
         line = error_line(capsys, ["train", "--task", "esnli", *args, "--output-dir", str(tmp_path / "o")])

@@ -114,3 +114,22 @@ def test_bad_layers_and_folders_are_one_error_line(t5_source, tmp_path, capsys):
                                "--output-dir", str(tmp_path / "out")])
     assert line == ("error: option --model: 'shrink:/x:layers=3,1': layers=3,1: layer indices must increase "
                     "without repeats")
+
+
+def test_a_lora_run_is_merged_before_it_is_cut(tmp_path):
+    """A LoRA run's model/ holds adapters only: the source is its base with the adapters merged."""
+    from stepdistill.student.predict import merged_model
+    from stepdistill.student.trainer import TrainConfig, run_training
+
+    from student_toy import toy_records, toy_task
+
+    records = toy_records()[:8]
+    config = TrainConfig(model="tiny", lora_r=4, max_steps=2, batch_size=8, learning_rate=5e-2, eval_steps=2,
+                         max_target_length=16, tiny_overrides={**T5_SMALL, "num_layers": 2, "num_decoder_layers": 2})
+    run_training(toy_task(), records, records[:2], [], config, tmp_path / "lora")
+    merged, _ = merged_model(tmp_path / "lora")
+    base, _ = load_student(tmp_path / "lora" / "student-init")
+    small, _ = load_student(f"shrink:{tmp_path / 'lora'}:layers=1")
+    q = "layer.0.SelfAttention.q.weight"
+    assert torch.equal(small.state_dict()[f"encoder.block.0.{q}"], merged.state_dict()[f"encoder.block.1.{q}"])
+    assert not torch.equal(small.state_dict()[f"encoder.block.0.{q}"], base.state_dict()[f"encoder.block.1.{q}"])
