@@ -48,7 +48,7 @@ class StepByStepTrainer(Trainer):
     loss_is_scaled_for_ga = True  # compute_loss divides by the global token counts itself
 
     def __init__(self, *args, step_config: TrainConfig, task: Task, eval_records: list[dict[str, Any]], family,
-                 rank_normalization: str = "sum", batch_log: Path | None = None, **kwargs):
+                 rank_normalization: str = "sum", batch_log: Path | None = None, offline_kd=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.step_config = step_config
         self.task = task
@@ -63,7 +63,9 @@ class StepByStepTrainer(Trainer):
         from .online_kd import build_online_distiller
 
         # issue 24: the local teacher's token and hidden-state terms (None without --kd-teacher)
-        self.kd = build_online_distiller(step_config, self.model, self.processing_class, family, self.args.device)
+        # or the cache's top-k per teacher token on the rationale task (offline_kd.py, built by the caller)
+        self.kd = offline_kd or build_online_distiller(step_config, self.model, self.processing_class, family,
+                                                       self.args.device)
         if self.kd is not None:
             self._task_losses.update({name: [] for name in self.kd.log_names})
 
@@ -106,10 +108,12 @@ class StepByStepTrainer(Trainer):
                                                            unexpected_keys=load_result.unexpected_keys))
 
     def _task_loss(self, model, input_ids, attention_mask, labels, task: str = "label"):
-        if self.kd is not None:  # the same passes, also summing the distillation terms (for compose, below)
+        offline = getattr(self.kd, "offline", False)  # offline: rationale rows unchunked, in batch order
+        if self.kd is not None and not (offline and task == "label"):
+            # the same passes, also summing the distillation terms (for compose, below)
             ce, count, kd, mse = token_loss_sum(self.family, model, input_ids, attention_mask, labels,
-                                                self.length_chunks, self.accelerator.unwrap_model(model),
-                                                pass_sums=self.kd.chunk_sums)
+                                                1 if offline else self.length_chunks,
+                                                self.accelerator.unwrap_model(model), pass_sums=self.kd.chunk_sums)
             self.kd.record(task, kd, mse, count)
             return ce, count
         return token_loss_sum(self.family, model, input_ids, attention_mask, labels, self.length_chunks,
@@ -127,6 +131,8 @@ class StepByStepTrainer(Trainer):
                 f.write(json.dumps({"step": self.state.global_step,
                                     "example_index": inputs["example_index"].tolist()}) + "\n")
         two_tasks = self.step_config.method == "step-by-step"
+        if getattr(self.kd, "offline", False):
+            self.kd.set_rows(inputs)
         if self.step_config.shared_encoder:
             rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
             (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(

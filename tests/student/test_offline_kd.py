@@ -1,0 +1,179 @@
+"""Offline token-level distillation from the cache's top-k per teacher token (issue 24, item 3): alignment, the
+top-k divergences by hand, the refusals, and an end-to-end run whose first-step loss is composed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from stepdistill.student.models import build_tiny_student, load_student, student_texts
+from stepdistill.student.offline_kd import align, topk_divergence
+from stepdistill.student.trainer import TrainConfig, read_log, run_training
+
+from cli_helpers import error_line
+from student_toy import toy_records, toy_task
+
+SMALL = dict(d_kv=8, d_ff=64, num_heads=4)
+
+
+def test_alignment_by_place_and_token():
+    teacher = ["\u2581red", "\u2581is", "\u2581a", "\u2581warm", "\u2581color", ".", "\u2581So"]
+    # the same tokens: each at its own place; the end-of-sequence token never aligns
+    assert align(["\u2581red", "\u2581is", "\u2581a", "\u2581warm", "</s>"], teacher, {"</s>"}) == [0, 1, 2, 3, None]
+    # another split of the same text ("\u2581war" "m"): those skip, the rest align
+    assert align(["\u2581red", "\u2581is", "\u2581a", "\u2581war", "m", "\u2581color"], teacher) == [
+        0, 1, 2, None, None, 4]
+    # a first token split otherwise ("red" without its space): the rest still places
+    assert align(["red", "\u2581is"], teacher) == [None, 1]
+    assert align(["\u2581blue"], teacher) == [None]
+
+
+def _softmax(values):
+    exps = [math.exp(v) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_top_k_divergences_equal_a_hand_computation():
+    student = [[1.0, -0.5, 0.3, 2.0, 0.0], [0.2, 0.9, -1.1, 0.4, -0.3]]
+    ids = [[3, 0], [1, 4]]
+    teacher = [[-1.5, -0.4], [-0.2, -2.5]]  # log-probabilities of the top 2 (mass 0.89 and 0.90)
+    want_renorm, want_bucket = [], []
+    for s_row, i_row, t_row in zip(student, ids, teacher):
+        p_t = [math.exp(v) for v in t_row]
+        renorm_t = [p / sum(p_t) for p in p_t]
+        renorm_s = _softmax([s_row[i] for i in i_row])
+        want_renorm.append(sum(a * math.log(a / b) for a, b in zip(renorm_t, renorm_s)))
+        full = _softmax(s_row)
+        bucket_s = [full[i] for i in i_row] + [1 - sum(full[i] for i in i_row)]
+        bucket_t = p_t + [1 - sum(p_t)]
+        want_bucket.append(sum(a * math.log(a / b) for a, b in zip(bucket_t, bucket_s)))
+    args = (torch.tensor(student), torch.tensor(ids), torch.tensor(teacher))
+    assert topk_divergence(*args, "renorm", "fkl").tolist() == pytest.approx(want_renorm, rel=1e-5)
+    assert topk_divergence(*args, "bucket", "fkl").tolist() == pytest.approx(want_bucket, rel=1e-5)
+    assert min(want_renorm) > 1e-2 and min(want_bucket) > 1e-2
+    # the student's own top-k as the teacher: zero; T^2 as in kd.py
+    own = torch.log_softmax(torch.tensor(student), -1).gather(-1, torch.tensor(ids))
+    for rest in ("renorm", "bucket"):
+        assert topk_divergence(args[0], args[1], own, rest, "rkl").abs().max() < 1e-6
+    grad = args[0].clone().requires_grad_(True)
+    topk_divergence(grad, args[1], args[2], "bucket", "jsd", 0.3, 2.0).sum().backward()
+    assert grad.grad[:, [2]].abs().sum() > 0  # the bucket reaches the tokens outside the top-k
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A saved tiny T5 student and a wider teacher with the same tokenizer."""
+    root = tmp_path_factory.mktemp("offline")
+    texts = student_texts(toy_records(), "[label] ", "[rationale] ")
+    teacher = build_tiny_student(texts, root / "teacher", seed=5, d_model=64, num_layers=2, num_decoder_layers=2,
+                                 **SMALL)
+    student = build_tiny_student(texts, root / "student", seed=1, d_model=32, num_layers=2, num_decoder_layers=2,
+                                 **SMALL)
+    return teacher, student
+
+
+K = 4
+
+
+def _cached_records(teacher_dir, records):
+    """Records carrying token_topk as the teacher would store it: its teacher-forced top-K per token of its whole
+    output (rationale, then the answer sentence), as its tokenizer spells them."""
+    teacher, tokenizer = load_student(teacher_dir)
+    out = []
+    for record in records:
+        if record["rationale"] is None:
+            out.append(record)
+            continue
+        enc = tokenizer(["[rationale] " + record["input"]], return_tensors="pt")
+        ids = tokenizer([record["teacher_output"]], return_tensors="pt").input_ids[:, :-1]  # no </s>
+        with torch.no_grad():
+            logits = teacher(**enc, labels=ids).logits[0]
+        logprobs = torch.log_softmax(logits.float(), -1)
+        top = logprobs.topk(K)
+        chosen = ids[0].tolist()
+        out.append({**record, "teacher_token_topk": {
+            "tokenizer": str(teacher_dir), "k": K, "chosen": tokenizer.convert_ids_to_tokens(chosen),
+            "chosen_logprobs": [float(logprobs[p, t]) for p, t in enumerate(chosen)],
+            "tokens": [tokenizer.convert_ids_to_tokens(row) for row in top.indices.tolist()],
+            "logprobs": top.values.tolist()}})
+    return out
+
+
+@pytest.mark.parametrize("rest", ["renorm", "bucket"])
+def test_end_to_end_the_first_step_loss_is_the_hand_composed_loss(models, tmp_path, rest):
+    teacher_dir, student_dir = models
+    records = _cached_records(teacher_dir, toy_records(without_rationale=(3,)))
+    alpha, w = 0.4, 0.6
+    config = TrainConfig(model=str(student_dir), token_kd_source="cache", token_kd_rest=rest, token_kd_weight=w,
+                         kd_temperature=1.5, alpha=alpha, max_steps=6, batch_size=16, per_device_batch_size=4,
+                         learning_rate=3e-3, eval_steps=6, logging_steps=1, max_target_length=16)
+    results = run_training(toy_task(), records, records[:4], [], config, tmp_path / "run")
+    assert results["kd"] == {"source": "cache", "token_kd_weight": w, "divergence": "fkl", "jsd_beta": 0.5,
+                             "temperature": 1.5, "rest": rest}
+    student, tokenizer = load_student(student_dir)
+    student.eval()
+    # by hand: the rationale targets; each but </s> is the teacher's token at the same position
+    rationale = [r for r in records if r["rationale"]]
+    enc = tokenizer(["[rationale] " + r["input"] for r in rationale], padding=True, return_tensors="pt")
+    tgt = tokenizer([r["rationale"] for r in rationale], padding=True, return_tensors="pt")
+    labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
+    with torch.no_grad():
+        logits = student(**enc, labels=labels).logits
+    total = ce_total = 0.0
+    kd_terms, tokens = [], 0
+    vocab = tokenizer.get_vocab()
+    for b, record in enumerate(rationale):
+        stored = record["teacher_token_topk"]
+        n = int(labels[b].ne(-100).sum())
+        for j in range(n):
+            ce = float(torch.nn.functional.cross_entropy(logits[b, j][None], labels[b, j][None]))
+            tokens += 1
+            ce_total += ce
+            if j == n - 1:  # </s>: not among the teacher's stored tokens
+                total += ce
+                continue
+            assert stored["chosen"][j] == tokenizer.convert_ids_to_tokens(int(labels[b, j]))
+            ids = torch.tensor([[vocab[t] for t in stored["tokens"][j]]])
+            kd = float(topk_divergence(logits[b, j][None], ids, torch.tensor([stored["logprobs"][j]]), rest,
+                                       "fkl", 0.5, 1.5))
+            kd_terms.append(kd)
+            total += (1 - w) * ce + w * kd
+    label_enc = tokenizer(["[label] " + r["input"] for r in records], padding=True, return_tensors="pt")
+    label_tgt = tokenizer([r["label"] for r in records], padding=True, return_tensors="pt")
+    label_labels = label_tgt.input_ids.masked_fill(label_tgt.attention_mask == 0, -100)
+    with torch.no_grad():
+        label_loss = float(student(**label_enc, labels=label_labels).loss)
+    assert results["token_kd_alignment"] == {
+        "rationale_tokens": tokens, "aligned": len(kd_terms), "skipped_unaligned": len(rationale),
+        "skipped_short_top_k": 0, "skipped_no_token_topk": 0, "examples_without_token_topk": 0}
+    log = [row for row in read_log(tmp_path / "run") if "loss" in row]
+    assert log[0]["loss"] == pytest.approx(alpha * label_loss + (1 - alpha) * total / tokens, rel=1e-4)
+    # the logged task terms are means over the 4 micro-batches of each one's mean: near the global means
+    assert log[0]["rationale_loss"] == pytest.approx(ce_total / tokens, rel=0.05)  # the plain CE, as before
+    assert log[0]["rationale_token_kd_loss"] == pytest.approx(sum(kd_terms) / len(kd_terms), rel=0.1)
+    assert log[-1]["rationale_token_kd_loss"] < log[0]["rationale_token_kd_loss"]  # it learns the teacher
+
+
+def test_another_vocabulary_is_refused_with_one_line(models, tmp_path, capsys):
+    teacher_dir, student_dir = models
+    records = toy_records()
+    api_like = {"tokenizer": "gpt-4o-mini", "k": 1, "chosen": ["red", " is"], "chosen_logprobs": [-0.1, -0.2],
+                "tokens": [["red"], [" is"]], "logprobs": [[-0.1], [-0.2]]}
+    records = [{**r, "teacher_token_topk": api_like} for r in records]
+    config = TrainConfig(model=str(student_dir), token_kd_source="cache", token_kd_weight=0.5, max_steps=1,
+                         batch_size=8, eval_steps=1)
+    with pytest.raises(ValueError) as caught:
+        run_training(toy_task(), records, records[:2], [], config, tmp_path / "mismatch")
+    assert str(caught.value) == (
+        f"option --token-kd-source cache: record 0: the teacher's token 'red' (tokenizer 'gpt-4o-mini') is not a "
+        f"token of the student's tokenizer ({str(student_dir)!r}); offline token distillation needs the same "
+        "vocabulary")
+    for args, message in ((["--token-kd-source", "cache"], "option --token-kd-source cache: give --token-kd-weight"),
+                          (["--token-kd-source", "cache", "--token-kd-weight", "0.5", "--kd-teacher", "x"],
+                           "option --token-kd-source cache: not supported with --kd-teacher"),
+                          (["--token-kd-source", "cache", "--token-kd-weight", "0.5", "--method", "standard"],
+                           "not supported with --method standard"),
+                          (["--token-kd-source", "api"], "option --token-kd-source: 'teacher' (--kd-teacher) or"),
+                          (["--token-kd-rest", "spread"], "option --token-kd-rest: one of renorm, bucket")):
+        line = error_line(capsys, ["train", "--task", "esnli", *args, "--output-dir", str(tmp_path / "o")])
+        assert message in line, line
