@@ -285,7 +285,9 @@ class RationaleGenerator:
         }
         if len(reply.outputs) > 1:
             record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
-        if self.params.label_logprobs:  # token log-probabilities asked for token_topk alone are no label scores
+        # token log-probabilities asked for token_topk alone are no label distribution (scores of a student:
+        # teacher, which come without --label-logprobs, still are)
+        if self.params.label_logprobs or not self.params.token_logprobs:
             record.update(label_scores.record_fields(self.task, job.fields, reply))
         record.update(token_topk.record_fields(self.teacher, self.params, reply))
         record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},

@@ -177,3 +177,60 @@ def test_another_vocabulary_is_refused_with_one_line(models, tmp_path, capsys):
                           (["--token-kd-rest", "spread"], "option --token-kd-rest: one of renorm, bucket")):
         line = error_line(capsys, ["train", "--task", "esnli", *args, "--output-dir", str(tmp_path / "o")])
         assert message in line, line
+
+
+@pytest.mark.parametrize("rest", ["renorm", "bucket"])
+def test_a_causal_student_taught_by_its_own_stored_top_k_has_zero_kd(tmp_path, rest):
+    """A tiny Llama's own teacher-forced top-k on its training rows, stored as a cache would: every rationale token
+    but eos aligns, the divergence is 0, and the loss is alpha * label + (1 - alpha) (1 - W) CE over the aligned."""
+    from stepdistill.student.families import family_of
+    from stepdistill.student.models import build_tiny_llama
+
+    records = toy_records(without_rationale=(5,))
+    path = build_tiny_llama(student_texts(records, "[label] ", "[rationale] "), tmp_path / "llama", vocab_size=200)
+    model, tokenizer = load_student(path)
+    model.eval()
+    family = family_of(model)
+    rationale = [r for r in records if r["rationale"]]
+    rows, labels = family.training_rows(tokenizer, ["[rationale] " + r["input"] for r in rationale],
+                                        [r["rationale"] for r in rationale], 256, 16)
+    cached, aligned_ce, tokens = {}, 0.0, 0
+    for record, row, label in zip(rationale, rows, labels):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([row])).logits[0].float(), -1)
+        positions = [p - 1 for p in range(1, len(row)) if label[p] != -100]
+        targets = [row[p + 1] for p in positions]
+        tokens += len(targets)
+        aligned_ce -= sum(float(logprobs[p, t]) for p, t in zip(positions[:-1], targets[:-1]))  # eos: not stored
+        top = logprobs[positions[:-1]].topk(K)
+        cached[record["id"]] = {"tokenizer": str(path), "k": K, "chosen": tokenizer.convert_ids_to_tokens(targets[:-1]),
+                                "chosen_logprobs": [0.0] * (len(targets) - 1),
+                                "tokens": [tokenizer.convert_ids_to_tokens(r) for r in top.indices.tolist()],
+                                "logprobs": top.values.tolist()}
+    records = [{**r, "teacher_token_topk": cached.get(r["id"])} for r in records]
+    alpha, w = 0.5, 0.4
+    config = TrainConfig(model=str(path), token_kd_source="cache", token_kd_rest=rest, token_kd_weight=w, alpha=alpha,
+                         max_steps=1, batch_size=16, learning_rate=0.0, eval_steps=1, logging_steps=1,
+                         max_target_length=16)
+    results = run_training(toy_task(), records, records[:2], [], config, tmp_path / "run")
+    assert results["family"] == "causal"
+    assert results["token_kd_alignment"]["aligned"] == tokens - len(rationale)
+    assert results["token_kd_alignment"]["skipped_unaligned"] == len(rationale)
+    row = [row for row in read_log(tmp_path / "run") if "loss" in row][0]
+    assert row["rationale_token_kd_loss"] == pytest.approx(0.0, abs=1e-5)
+    rationale_ce = row["rationale_loss"] * tokens  # one micro-batch: the logged mean is the global one
+    want = alpha * row["label_loss"] + (1 - alpha) * (rationale_ce - w * aligned_ce) / tokens
+    assert row["loss"] == pytest.approx(want, rel=1e-4)
+    assert aligned_ce > 0.5 * rationale_ce  # most of the rationale's loss is on aligned tokens: the test bites
+
+
+def test_the_cache_field_reaches_the_training_records():
+    from stepdistill.rationales import attach_rationales
+
+    topk = {"tokenizer": "t", "k": 1, "chosen": ["a"], "chosen_logprobs": [0.0], "tokens": [["a"]],
+            "logprobs": [[0.0]]}
+    cache = {"0": {"status": "ok", "raw_output": "a", "rationale": "a", "label": "warm", "token_topk": topk},
+             "1": {"status": "parse_error", "raw_output": "b", "rationale": None, "label": None, "error": "no_answer",
+                   "token_topk": topk}}
+    out = attach_rationales([{"id": "0"}, {"id": "1"}], cache)
+    assert out[0]["teacher_token_topk"] == topk and "teacher_token_topk" not in out[1]
