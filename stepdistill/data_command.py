@@ -41,14 +41,15 @@ def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | N
         subset: A nested subsample of train (its own counts are reported).
         splits: Splits to load (default: all that exist).
         rationales: `stepdistill generate` caches (paths or globs) whose teacher outputs replace the data's own
-            for the train split, joined by id.
+            for the train split, joined by id; caches of `generate --synthesize` replace the train split
+            (data-free).
         json: Print the report as JSON instead of text.
     """
     from .options import load_data, train_subset
 
     loaded = load_data(data, splits=splits, rationales=rationales)
     subset_of = {}
-    if subset.active and "train" in loaded.splits:
+    if (subset.active or subset.synthetic) and "train" in loaded.splits:
         records = train_subset(loaded, subset)
         subset_of["train"] = len(loaded.splits["train"])
         loaded.report["train"] = split_report(loaded.task, records)
@@ -59,6 +60,8 @@ def data_command(data: DataOptions, subset: SubsetOptions, splits: list[str] | N
         if subset_of:
             payload["subsample"] = {"train": loaded.report["train"].examples, "of": subset_of["train"],
                                     "data_seed": subset.data_seed}
+            if subset.synthetic:
+                payload["subsample"]["synthetic"] = sum(bool(record.get("synthetic")) for record in records)
         print(json_module.dumps({"task": loaded.task.name, "source": data.source, "splits": payload}, indent=2))
     else:
         print(format_report(loaded, subset_of))

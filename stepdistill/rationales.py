@@ -86,6 +86,58 @@ def load_rationale_caches(patterns: str | Iterable[str]) -> dict[str, dict[str, 
     return joined
 
 
+def is_synthetic(record: dict[str, Any]) -> bool:
+    """A record of `generate --synthesize` (a new example written by the teacher), not a rationale for a real one."""
+    return isinstance(record.get("synthetic"), dict)
+
+
+def synthetic_caches(patterns: str | Iterable[str], option: str = "--rationales") -> bool:
+    """Whether the caches hold synthetic examples (True) or rationales for real examples (False); both is an error."""
+    kinds = {}
+    for path in cache_paths(patterns):
+        records = read_cache(path)[0]
+        kinds[path] = bool(records) and all(is_synthetic(record) for record in records)
+        if not kinds[path] and any(is_synthetic(record) for record in records):
+            raise DataError(f"{path}: mixes synthetic examples and rationales (option {option})")
+    if len(set(kinds.values())) > 1:
+        synthetic = ", ".join(str(path) for path, kind in kinds.items() if kind)
+        raise DataError(f"option {option}: {synthetic} hold synthetic examples and the others rationales for real "
+                        "examples; give the synthetic ones with --synthetic PATH --synthetic-ratio R")
+    return any(kinds.values())
+
+
+def synthetic_records(task, patterns: str | Iterable[str], option: str = "--rationales") -> list[dict[str, Any]]:
+    """The accepted synthetic examples of `generate --synthesize` caches as data-layer train records (the teacher's
+    label is the label), in cache order."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for path in cache_paths(patterns):
+        records = read_cache(path)[0]
+        for lineno, record in enumerate(records, start=1):
+            if not is_synthetic(record):
+                raise DataError(f"{path}: line {lineno}: not a synthetic example (option {option} takes the --out of "
+                                "`generate --synthesize`)")
+            if record["synthetic"].get("task") != task.name:
+                raise DataError(f"{path}: line {lineno}: a synthetic example of task {record['synthetic'].get('task')!r}, "
+                                f"not {task.name!r} (option {option})")
+        for record in index_by_key(records).values():
+            if record.get("status") != "ok":
+                continue
+            example_id, fields = str(record["id"]), record.get("fields")
+            if not isinstance(fields, dict) or not record.get("rationale") or record.get("label") is None:
+                raise DataError(f"{path}: synthetic example {example_id}: status ok without fields, rationale and label")
+            if example_id in seen:
+                raise DataError(f"{path}: synthetic example id {example_id} is also in {seen[example_id]}: caches of "
+                                f"different runs need different --synthesis-seed values (option {option})")
+            seen[example_id] = path
+            out.append({"id": example_id, "input": task.format_input(fields), "label": record["label"],
+                        "choices": task.choices(fields), "teacher_output": record.get("raw_output"),
+                        "rationale": record["rationale"], "teacher_label": record["label"],
+                        "teacher_raw_label": record["label"], "teacher_error": None, "fields": fields,
+                        "synthetic": True})
+    return out
+
+
 def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of data-layer records with teacher_output/rationale/teacher_label/teacher_error from ``cache``.
 

@@ -22,7 +22,8 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
                   executor: Literal["process", "ray"] = "process", ray_address: str | None = None,
                   gpus_per_run: float = 0.0, report_only: bool = False,
                   prices: dict[str, list[float]] | None = None, label_cost: float = 0.0,
-                  spend_tokenizer: str | None = None) -> None:
+                  spend_tokenizer: str | None = None, synthetic: str | None = None,
+                  synthetic_ratio: float = 1.0) -> None:
     """Sweep fractions x methods x seeds and write a report folder (flat names work: --task, --data-dir).
 
     The folder holds summary.csv, summary.md (table), curve_*.png (plots), report.json and runs/ (one folder per
@@ -52,6 +53,9 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
         label_cost: USD per human (gold) label, for standard fine-tuning and step-by-step (gold) spend.
         spend_tokenizer: Tokenizer that counts the replayed teacher's tokens (as `inspect --tokenizer`; default: the
             student's when it loads offline, else minilm2minilm's WordPiece when installed, else whitespace words).
+        synthetic: Add synthetic examples from this `generate --synthesize` cache to every run's real subset:
+            --synthetic-ratio of them per real example, chosen by the run's seed (default folder: ...-synthetic<R>).
+        synthetic_ratio: Synthetic examples per real training example, with --synthetic.
     """
     from ..options import load_data
 
@@ -79,11 +83,21 @@ def curve_command(data: DataOptions, preset: str = "cpu", out_dir: str | None = 
             raise ValueError(f"option --valid-size: must be a positive number or all, got {valid_size}")
         overrides["valid_size"] = None if valid_size == "all" else valid_size
     chosen = replace(chosen, **overrides)
-    out = Path(out_dir) if out_dir else Path("reports") / f"{task_obj.name}-{chosen.name}"
+    add_synthetic = None
+    if synthetic:
+        from ..options import choose_synthetic
+        from ..rationales import synthetic_records
+
+        if not synthetic_ratio > 0:
+            raise ValueError(f"option --synthetic-ratio: must be positive, got {synthetic_ratio}")
+        pool = synthetic_records(task_obj, synthetic, option="--synthetic")
+        add_synthetic = lambda real, seed: choose_synthetic(pool, synthetic_ratio, real, seed, synthetic)  # noqa: E731
+    suffix = f"-synthetic{synthetic_ratio:g}" if synthetic else ""
+    out = Path(out_dir) if out_dir else Path("reports") / f"{task_obj.name}-{chosen.name}{suffix}"
     started = time.perf_counter()
     if not report_only:
         run_sweep(task_obj, loaded.splits, chosen, out, workers=workers, full_train_size=loaded.train_full_size,
-                  executor=executor, ray_address=ray_address, gpus_per_run=gpus_per_run)
+                  executor=executor, ray_address=ray_address, gpus_per_run=gpus_per_run, add_synthetic=add_synthetic)
     report = write_report(task_obj, chosen, out, splits=loaded.splits, full_train_size=loaded.train_full_size,
                           valid_carved=loaded.valid_carved,
                           sweep_wall_s=None if report_only else round(time.perf_counter() - started, 1),

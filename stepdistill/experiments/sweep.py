@@ -94,7 +94,8 @@ def run_dir_for(out_dir: Path, spec: RunSpec) -> Path:
 def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, out_dir: str | os.PathLike,
               train_fn: Callable[..., dict] | None = None, echo: Callable[[str], None] = print,
               workers: int = 1, full_train_size: int | None = None, executor: str = "process",
-              ray_address: str | None = None, gpus_per_run: float = 0.0) -> list[dict]:
+              ray_address: str | None = None, gpus_per_run: float = 0.0,
+              add_synthetic: Callable[[list[dict], int], list[dict]] | None = None) -> list[dict]:
     """Train every planned run that has no finished folder yet; returns the results of all finished runs.
 
     ``splits`` holds the ``train``/``valid``/``test`` records (``stepdistill.data`` record dicts).
@@ -105,6 +106,7 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
     (1 when unset). ``executor`` "ray" trains every run as a Ray task of that many CPUs (and ``gpus_per_run``
     GPUs) on the cluster at ``ray_address`` or ``RAY_ADDRESS``, else on a local cluster of ``workers`` x threads
     CPUs (:mod:`.executors`).
+    ``add_synthetic(records, seed)``: synthetic examples added to each run's real subset (``curve --synthetic``).
     """
     from ..data import subsample
     from .executors import check_executor, run_in_processes, run_on_ray
@@ -146,6 +148,10 @@ def run_sweep(task: str | Task, splits: dict[str, list[dict]], preset: Preset, o
             extra = {"sweep_method": spec.method, "fraction": spec.fraction, "count": len(records),
                      "data_seed": spec.seed, "preset": preset.name, "run_key": spec.key,
                      "full_train_size": full_train, "valid_size": len(valid), "test_size": len(test)}
+            if add_synthetic is not None:  # the real subset stays the run's `count`; the added ones are counted apart
+                added = add_synthetic(records, spec.seed)
+                records = records + added
+                extra["synthetic_examples"] = len(added)
             echo(f"[{index}/{len(plan)}] {spec.key}: {len(records):,} examples")
             _log(out_dir, "start", spec.key, os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S"))
             return (task, records, valid, test, config, partial), extra, time.perf_counter()

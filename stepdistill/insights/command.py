@@ -7,7 +7,8 @@ from pathlib import Path
 
 def inspect_command(task: str, cache: str | None = None, data_dir: str | None = None, split: str = "train",
                     source: str = "local", tokenizer: str | None = None, max_target_length: int = 64,
-                    out_dir: str | None = None, examples: int = 3) -> None:
+                    out_dir: str | None = None, examples: int = 3, files: dict[str, str] | None = None,
+                    near_threshold: float = 0.8) -> None:
     """Report on a rationale cache or a task's own teacher outputs (know your rationales before training).
 
     Status and failures, agreement with gold, lengths in student tokens, label leakage, duplicates,
@@ -28,6 +29,12 @@ def inspect_command(task: str, cache: str | None = None, data_dir: str | None = 
         max_target_length: Student target length: longer rationales are cut short in training (the cpu preset's: 64).
         out_dir: Report folder (default: reports/inspect-<task>-<split> or reports/inspect-<cache file name>).
         examples: Examples shown per failure reason, leak and duplicate kind.
+        files: For --source jsonl/csv: split -> file (the task's data, for a synthetic cache's comparisons).
+        near_threshold: A synthetic cache: word-set Jaccard at or above which two inputs are near duplicates.
+
+    A cache of `generate --synthesize` gets a section of its own: what was dropped and why, label balance against
+    train, diversity (distinct 1- and 2-grams, near duplicates within), lengths, and leakage (accepted examples
+    equal or close to a valid or test example of the task's data from --data-dir/--source).
     """
     from ..data import DataError, load_task_data
     from ..experiments.presets import PRESETS
@@ -36,6 +43,8 @@ def inspect_command(task: str, cache: str | None = None, data_dir: str | None = 
     from .items import cache_paths, items_from_caches, items_from_task
     from .measures import inspect_items, usable
     from .report import write_report
+    from .synthetic import synthetic_report
+    from ..rationales import is_synthetic
     from ..experiments.tokens import load_counter
 
     if max_target_length < 1:
@@ -56,6 +65,14 @@ def inspect_command(task: str, cache: str | None = None, data_dir: str | None = 
     presets = {preset.name: preset.for_task(task_obj).max_target_length for preset in PRESETS.values()}
     report = inspect_items(task_obj, items, lines, counter, max_target_length, presets, examples)
     report["source"] = source_text
+    latest = list({record["key"]: record for record in lines or []}.values())
+    if latest and all(is_synthetic(record) for record in latest):
+        try:
+            splits = load_task_data(task_obj, data_dir=data_dir, source=source,
+                                    **({"files": files} if files else {})).splits
+        except (ValueError, DataError):
+            splits = None  # the section says that the comparisons with the task's data are missing
+        report["synthetic"] = synthetic_report(task_obj, latest, splits, near_threshold, examples)
     if cache_counts:
         report["cache"] = cache_counts
     out = Path(out_dir) if out_dir else Path("reports") / f"inspect-{name}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from .distribution import markdown_lines as distribution_lines, plot_reliability
 from .measures import NO_LABEL
+from .synthetic import synthetic_markdown
 
 
 def _pct(part: int, whole: int | None) -> str:
@@ -112,6 +113,8 @@ def markdown(report: dict[str, Any]) -> str:
                      "are known.")
     lines.append(f"Teacher output text, counted with {counted['tokenizer']}: {counted['tokens']:,} tokens in "
                  f"{counted['outputs']:,} outputs.")
+    if report.get("synthetic"):
+        lines += synthetic_markdown(report["synthetic"])
     lines += ["", "Files: " + ", ".join(f"`{name}`" for name in report["files"]) + ".", ""]
     return "\n".join(lines)
 

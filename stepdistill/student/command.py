@@ -30,7 +30,8 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
         subset: Which training examples (nested subsets for data-efficiency curves).
         student: Student training settings (stepdistill.student.config.TrainConfig).
         rationales: `stepdistill generate` caches (paths or globs, e.g. 'shards/*.jsonl') whose teacher outputs
-            replace the data's own for the train split, joined by id (examples they lack count as missing).
+            replace the data's own for the train split, joined by id (examples they lack count as missing); caches of `generate --synthesize` replace the train split
+            (data-free).
         valid_size: Validation during training on a fixed subset of this many valid examples (seed 0), or all.
         test_size: Score test once, at the end, on the whole split (all) or on a fixed subset (seed 0) for a quick
             check.
@@ -51,7 +52,9 @@ def train(output_dir: str, data: DataOptions, subset: SubsetOptions, student: Tr
     extra = {"fraction": subset.fraction, "data_seed": subset.data_seed, "rationales": rationales,
              "source": data.source, "valid_size": len(valid), "valid_full_size": len(loaded.splits["valid"]),
              "test_size": len(test), "test_full_size": len(loaded.splits.get("test", [])),
-             "valid_carved": loaded.valid_carved}
+             "valid_carved": loaded.valid_carved,
+             "synthetic": subset.synthetic, "synthetic_ratio": subset.synthetic_ratio if subset.synthetic else None,
+             "synthetic_examples": sum(bool(record.get("synthetic")) for record in train_records)}
     results = run_training(loaded.task, train_records, valid, test, student, output_dir, extra=extra,
                            callbacks=[ProgressCallback()])
     import torch.distributed as dist

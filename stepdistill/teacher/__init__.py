@@ -8,11 +8,13 @@ from .generator import (CacheError, GenerationResult, RationaleGenerator, Summar
 from .hf_teacher import HFTeacher
 from .openai_batch import OpenAIBatchTeacher
 from .prompts import PromptTemplate, load_template, template_for_task
+from .synthesize import SynthesisSummary, SyntheticGenerator, format_synthesis_summary
 from .teachers import GenerationParams, OpenAITeacher, ReplayTeacher, Reply, Teacher, TeacherFatalError, make_teacher
 
 __all__ = [
     "CacheError", "GenerationParams", "GenerationResult", "HFTeacher", "OpenAIBatchTeacher", "OpenAITeacher",
-    "PromptTemplate", "RationaleGenerator", "ReplayTeacher", "Reply", "Summary", "Teacher", "TeacherFatalError",
+    "PromptTemplate", "RationaleGenerator", "ReplayTeacher", "Reply", "Summary", "SynthesisSummary",
+    "SyntheticGenerator", "Teacher", "TeacherFatalError", "format_synthesis_summary",
     "attach_rationales", "format_summary", "load_rationales", "load_template", "make_teacher", "merge_caches",
     "read_cache", "template_for_task",
 ]

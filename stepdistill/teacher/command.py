@@ -21,10 +21,13 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                      dtype: str = "auto", prompt_format: str = "auto", system_prompt: str | None = None,
                      batch_poll_interval: float = 60.0, batch_max_rounds: int = 3, batch_max_requests: int = 50_000,
                      batch_max_bytes: int = 200_000_000, filter_gold: bool = False, retry_failed: bool = False,
-                     merge: str | None = None, summary_json: str | None = None, progress: bool = True) -> None:
+                     merge: str | None = None, summary_json: str | None = None, progress: bool = True,
+                     synthesize: int | None = None, shots: int = 4, synthesis_seed: int = 0,
+                     near_threshold: float = 0.8) -> None:
     """Ask a teacher for a rationale and label per example, resumably (flat names work: --task, --data-dir).
 
-    A rerun sends nothing for cached work.
+    A rerun sends nothing for cached work. With --synthesize N the teacher writes N new examples instead
+    (docs/synthetic.md).
 
     Prints a progress bar (done, cached, failed, tokens, cost) and a summary: parse failures by reason, request
     failures by reason and teacher-label agreement with gold. Exits with an error when no usable rationale came
@@ -39,7 +42,7 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             export: its generated rationale, its label and its candidate scores).
         out: The JSON Lines cache to write (appended to; one record per example).
         split: Split to generate for.
-        limit: Only the first N examples (after sharding).
+        limit: Only the first N examples (after sharding); with --synthesize, only the first N slots.
         shard: ``i/n``: only the examples whose id hashes to shard i of n (run shards on different machines, then
             ``--merge``).
         concurrency: Requests in flight at once (API teacher; Batch API teacher: batches of up to
@@ -83,6 +86,14 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             paths) into ``out``.
         summary_json: Also write the summary as JSON to this file.
         progress: Show the progress bar.
+        synthesize: Instead of rationales for a split, N new examples (fields, rationale, label): each of N slots
+            shows the teacher --shots real train examples (rotated, seeded) and asks for one more, with the
+            task's synthesis template (or --prompt). Invalid ones and ones equal or close to a train, valid or test
+            example (or to an earlier new one) are dropped, with the reason, in the cache and the summary. Train on
+            the cache with `train --rationales OUT` (data-free) or `--synthetic OUT --synthetic-ratio R`.
+        shots: Synthesis: real train examples shown per slot.
+        synthesis_seed: Synthesis: seed of the order in which train examples are shown (part of each slot's id).
+        near_threshold: Synthesis: word-set Jaccard at or above which a new example's input is a near duplicate.
     """
     from ..data import DataError
     from ..options import load_data
@@ -104,6 +115,13 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
               f"({stats.get('duplicates', 0):,} duplicates dropped)")
         return
 
+    if synthesize is not None:
+        wrong = [option for option, value in (("--merge", merge), ("--shard", shard), ("--filter-gold", filter_gold))
+                 if value]
+        if wrong:
+            raise SystemExit(f"error: option {wrong[0]} does not apply to --synthesize")
+        if split != "train":
+            raise SystemExit("error: option --split: --synthesize shows the teacher train examples (leave --split train)")
     options = {}
     kind = teacher.partition(":")[0]
     if kind in ("openai", "openai-batch"):
@@ -119,6 +137,13 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                        system_prompt=system_prompt)
     elif kind == "student":
         options = dict(device=device, batch_size=batch_size)
+    if synthesize is not None:
+        if limit is not None and limit < 1:
+            raise SystemExit(f"error: option --limit: must be at least 1, got {limit}")
+        count = synthesize if limit is None else min(synthesize, limit)
+        return _synthesize(data, teacher, out, options, count, prompt, shots, synthesis_seed, near_threshold,
+                           dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed),
+                           concurrency, retry_failed, summary_json, progress)
     try:
         loaded = load_data(data, splits=[split])
         examples = loaded.splits[split]
@@ -147,6 +172,41 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                             (summary.request_failures + summary.parse_failures).most_common())
         raise SystemExit(f"error: no usable rationale from {teacher}: {summary.examples:,} examples failed"
                          f" ({reasons or f'{summary.filtered:,} dropped by the gold filter'}); see {out}")
+
+
+def _synthesize(data, teacher, out, options, count, prompt, shots, synthesis_seed, near_threshold, params,
+                concurrency, retry_failed, summary_json, progress) -> None:
+    """`generate --synthesize N`: new examples into ``out``; their summary, with what was dropped and why."""
+    from ..data import DataError
+    from ..locks import LockHeldError
+    from ..options import load_data
+    from .generator import CacheError
+    from .openai_batch import BatchAPIError
+    from .synthesize import SyntheticGenerator, format_synthesis_summary
+    from .teachers import GenerationParams, TeacherFatalError, make_teacher
+
+    try:
+        loaded = load_data(data)  # every split: train shows the teacher examples, all three are deduplicated against
+        teacher_obj = make_teacher(teacher, loaded.task.name, "train", **options)
+        generator = SyntheticGenerator(loaded.task, teacher_obj, out, loaded.splits, template=prompt,
+                                       params=GenerationParams(**params), shots=shots, seed=synthesis_seed,
+                                       near_threshold=near_threshold, concurrency=concurrency,
+                                       retry_failed=retry_failed, progress=progress)
+        _, summary = generator.synthesize(count)
+    except (DataError, CacheError, ValueError, LockHeldError, BatchAPIError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except TeacherFatalError as exc:
+        raise SystemExit(f"error: the teacher refused every request: {exc}") from None
+    print(format_synthesis_summary(summary))
+    print(f"synthetic examples: {out}")
+    if summary_json:
+        Path(summary_json).write_text(json.dumps({"task": loaded.task.name, "teacher": teacher_obj.model_id,
+                                                  "splits_checked": sorted(loaded.splits), **summary.as_dict()},
+                                                 indent=2))
+    if not summary.accepted:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in (summary.request_failures + summary.dropped).most_common())
+        raise SystemExit(f"error: no synthetic example accepted from {teacher}: {summary.slots:,} slots ({reasons}); "
+                         f"see {out}")
 
 
 if __name__ == "__main__":  # `python -m stepdistill.teacher.command ...`, the command without the rest of the CLI

@@ -398,11 +398,15 @@ class RationaleGenerator:
         for job in jobs:
             record = fresh.get(job.key)
             if record is None:
-                record = finalize(cached[job.key], self.task, job.fields, self.filter_gold)  # current filter setting
+                record = self._cached_record(cached[job.key], job)
             results.append(record)
             self._count_outcome(summary, record, job)
         summary.elapsed_s = time.monotonic() - started
         return GenerationResult(results, summary)
+
+    def _cached_record(self, record: dict[str, Any], job: _Job) -> dict[str, Any]:
+        """A cached record as this run reports it: its derived fields redone with the current filter setting."""
+        return finalize(record, self.task, job.fields, self.filter_gold)
 
     def _count_new(self, summary: Summary, record: dict[str, Any], reply: Reply) -> None:
         summary.generated += 1

@@ -26,11 +26,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 FAULTS = ("429", "500", "timeout", "malformed", "drop", "truncate")
+SYNTHESIS_SEPARATOR = "\n###\n"  # between the examples of a synthesis prompt (stepdistill.teacher.synthesis_prompts)
 MARKER = re.compile(r"\[ex:([^\]\s]+)\]")
 
 
 def default_output(marker: str) -> str:
     return f"The hypothesis restates part of example {marker}.\nAnswer: entailment"
+
+
+_NOUNS = ("violin", "harbor", "lantern", "glacier", "bakery", "orchard", "subway", "canyon", "market", "library",
+          "tractor", "balloon", "meadow", "castle", "ferry", "garage")
+_ADJECTIVES = ("red", "quiet", "tall", "muddy", "bright", "narrow", "wooden", "frozen", "crowded", "tiny", "golden",
+               "noisy", "empty", "ancient", "sunny", "windy")
+
+
+def default_synthesis(prompt: str) -> str:
+    """A new e-SNLI-shaped example, different for every prompt (synthesis mode: the prompt ends with "Premise:" after
+    a "###" line): words picked by a hash of the prompt, so that examples of different prompts are not near
+    duplicates of each other."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    adjective = [_ADJECTIVES[b % 16] for b in digest[:4]]
+    noun = [_NOUNS[b >> 4] for b in digest[:4]]
+    return (f" A {adjective[0]} {noun[0]} and a {adjective[1]} {noun[1]} wait by the {adjective[2]} {noun[2]} with "
+            f"{digest[4] % 90 + 2} {noun[3]}s.\nHypothesis: A {noun[1]} is {adjective[3]}.\nReasonings: Nothing says "
+            f"whether the {noun[1]} is {adjective[3]}.\nAnswer: neutral")
 
 
 @dataclass
@@ -48,6 +67,9 @@ class Script:
     # marker -> the answer's tokens, [(token, logprob, [(alternative, logprob), ...]), ...], sent when a request
     # asks for logprobs (default: the text cut before each space, logprob -0.01, no alternatives)
     logprobs: dict[str, list] = field(default_factory=dict)
+    # synthesis mode: the output for a whole prompt (None: not scripted); prompts that are synthesis prompts and
+    # have no scripted output get default_synthesis(prompt)
+    prompt_fn: Callable[[str], str | list[str] | None] | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -114,8 +136,12 @@ class FakeOpenAIServer:
                 return script.fault_kinds[digest[8] % len(script.fault_kinds)]
         return None
 
-    def _outputs_for(self, marker: str, n: int) -> list[str]:
-        scripted = self.script.outputs.get(marker)
+    def _outputs_for(self, marker: str, n: int, prompt: str = "") -> list[str]:
+        scripted = self.script.prompt_fn(prompt) if self.script.prompt_fn else None
+        if scripted is None:
+            scripted = self.script.outputs.get(marker)
+        if scripted is None and SYNTHESIS_SEPARATOR in prompt and prompt.rstrip().endswith("Premise:"):
+            scripted = default_synthesis(prompt)
         if scripted is None:
             scripted = self.script.output_fn(marker)
         if isinstance(scripted, str):
@@ -206,7 +232,7 @@ class FakeOpenAIServer:
                     self._send(200, b'{"id": "cmpl-1", "object": "chat.completion", "choices": [{"index": 0, "mess')
                     return
                 n = int(body.get("n") or 1)
-                texts = server._outputs_for(marker, n)
+                texts = server._outputs_for(marker, n, prompt)
                 finish = "stop"
                 if fault == "truncate":
                     texts = [text[: max(1, len(text) // 3)] for text in texts]
