@@ -8,7 +8,8 @@ Vocabulary: every stored token string (generated and alternatives) must be a tok
 is not compared: one tokenizer lives under many paths; its tokens are what must agree.)
 
 Alignment: the student's rationale target is its own tokenisation of the rationale, a prefix of the teacher's
-completion. Both token sequences are laid out as strings (token strings concatenated, special tokens left out) and
+completion. Both token sequences are laid out as strings (token strings concatenated, leading and trailing special
+tokens of the student's left out) and
 the student's is found in the teacher's; a student token aligns with the teacher position holding the same token
 string at the same place. Positions that do not align (another split of the same text, the end-of-sequence token,
 text beyond the stored positions) or whose top list is shorter than k are skipped: they keep their cross-entropy
@@ -49,16 +50,21 @@ def align(student_tokens: list[str], teacher_tokens: list[str], special: set[str
         starts.append(len(text))
         text += token
     at_start = {start: i for i, start in enumerate(starts)}
+    # special tokens before and after the text (bos, eos) are no text; inside it (an <unk>) they are tokens as any
+    first = next((j for j, token in enumerate(student_tokens) if token not in special), len(student_tokens))
+    last = max((j for j, token in enumerate(student_tokens) if token not in special), default=-1)
     offsets, spelled = [], ""
-    for token in student_tokens:
-        offsets.append(None if token in special else len(spelled))
-        spelled += "" if token in special else token
+    for j, token in enumerate(student_tokens):
+        outside = j < first or j > last
+        offsets.append(None if outside else len(spelled))
+        spelled += "" if outside else token
     if not spelled:
         return [None] * len(student_tokens)
     base = text.find(spelled)
-    # the first token may be split otherwise (a leading space joined to the text before): place the rest
+    # the first tokens may be split otherwise (a leading space joined to the text before): place the rest, at
+    # most 3 tokens in (past that the texts differ)
     skip = 0
-    while base < 0 and skip + 1 < len(student_tokens):
+    while base < 0 and skip + 1 < min(len(student_tokens), 4):
         skip += 1
         rest = offsets[skip]
         if rest is None:
@@ -151,8 +157,8 @@ def build_alignment(examples: list[dict[str, Any]], records: list[dict[str, Any]
 
 class OfflineDistiller:
     """The aligned teacher top-k of the training rows and the pending rationale terms of one ``compute_loss``.
-    The trainer runs its rationale passes unchunked (rows in batch order, to find their entries) and tells it the
-    rows' dataset indices (:meth:`set_rows`)."""
+    The trainer tells it the dataset indices of a batch's rationale rows (:meth:`set_rows`), and each length chunk
+    of the rationale pass its rows in the batch (``token_loss_sum(..., pass_rows=True)``)."""
 
     offline = True
 
@@ -162,24 +168,27 @@ class OfflineDistiller:
         self.table = table
         self.counts = counts
         self.rows: list[int] = []
+        self._aligned = 0  # aligned tokens of the pass under way (its chunks summed), for the log
         self.pending: dict[str, tuple[Any, Any, int]] = {}
         self.log_names = ["rationale_token_kd_loss"]
 
     def set_rows(self, inputs) -> None:
         """The dataset indices of a batch's rationale rows, in their order."""
         self.rows = inputs["example_index"][inputs["rationale_rows"]].tolist()
+        self._aligned = 0
 
-    def chunk_sums(self, model, input_ids, attention_mask, labels, unwrapped=None):
-        """(CE sum, target tokens, KD sum over the aligned tokens, their CE sum) of the rationale rows; the
-        aligned-token count kept for the log."""
+    def chunk_sums(self, model, input_ids, attention_mask, labels, unwrapped=None, rows=None):
+        """(CE sum, target tokens, KD sum over the aligned tokens, their CE sum) of a chunk of rationale rows
+        (``rows``: their indices in the batch; None: all, in order); the aligned-token count summed for the log."""
         import torch
         import torch.nn.functional as F
 
         logits, targets, per_row = self._forward(model, input_ids, attention_mask, labels, unwrapped)
         ce_each = F.cross_entropy(logits.float(), targets, reduction="none")
         starts = [0] + torch.cumsum(per_row, 0).tolist()[:-1]
+        chunk_rows = self.rows if rows is None else [self.rows[r] for r in rows]
         where, ids, logprobs = [], [], []
-        for start, row in zip(starts, self.rows):
+        for start, row in zip(starts, chunk_rows):
             entry = self.table.get(row)
             if entry is not None:
                 where += [start + j for j in entry[0]]
@@ -187,13 +196,12 @@ class OfflineDistiller:
                 logprobs += entry[2]
         zero = ce_each.sum() * 0
         if not where:
-            self._aligned = 0
             return ce_each.sum(), targets.new_tensor(len(targets)), zero, zero
         index = torch.tensor(where, device=logits.device)
         kd = topk_divergence(logits[index], torch.tensor(ids, device=logits.device),
                              torch.tensor(logprobs, device=logits.device), self.config.token_kd_rest,
                              self.config.kd_divergence, self.config.jsd_beta, self.config.kd_temperature)
-        self._aligned = len(where)
+        self._aligned += len(where)
         return ce_each.sum(), targets.new_tensor(len(targets)), kd.sum(), ce_each[index].sum()
 
     def _forward(self, model, input_ids, attention_mask, labels, unwrapped=None):
@@ -211,6 +219,7 @@ class OfflineDistiller:
 
     def record(self, task: str, kd, ce_aligned, count) -> None:
         self.pending[task] = (kd, ce_aligned, self._aligned)
+        self._aligned = 0
 
     def compose(self, label_sum, rationale_sum, log: dict[str, list[float]] | None):
         w = self.config.token_kd_weight

@@ -108,12 +108,12 @@ class StepByStepTrainer(Trainer):
                                                            unexpected_keys=load_result.unexpected_keys))
 
     def _task_loss(self, model, input_ids, attention_mask, labels, task: str = "label"):
-        offline = getattr(self.kd, "offline", False)  # offline: rationale rows unchunked, in batch order
+        offline = getattr(self.kd, "offline", False)  # offline: the rationale task only; it needs each chunk's rows
         if self.kd is not None and not (offline and task == "label"):
             # the same passes, also summing the distillation terms (for compose, below)
             ce, count, kd, mse = token_loss_sum(self.family, model, input_ids, attention_mask, labels,
-                                                1 if offline else self.length_chunks,
-                                                self.accelerator.unwrap_model(model), pass_sums=self.kd.chunk_sums)
+                                                self.length_chunks, self.accelerator.unwrap_model(model),
+                                                pass_sums=self.kd.chunk_sums, pass_rows=offline)
             self.kd.record(task, kd, mse, count)
             return ce, count
         return token_loss_sum(self.family, model, input_ids, attention_mask, labels, self.length_chunks,

@@ -234,3 +234,33 @@ def test_the_cache_field_reaches_the_training_records():
                    "token_topk": topk}}
     out = attach_rationales([{"id": "0"}, {"id": "1"}], cache)
     assert out[0]["teacher_token_topk"] == topk and "teacher_token_topk" not in out[1]
+
+
+def test_length_chunks_give_the_same_loss(models, tmp_path, monkeypatch):
+    """Rows of very different lengths: the rationale pass runs in length-sorted chunks, each finding its rows'
+    stored top-k; the losses equal those of one unchunked pass."""
+    from stepdistill.student import loss
+
+    teacher_dir, student_dir = models
+    records = toy_records()
+    for i, record in enumerate(records):
+        word, label = record["fields"]["text"], record["label"]
+        record["input"] += " really" * (i % 4 * 8)
+        record["rationale"] += "".join(f", {word} is {label}" for _ in range(i % 4 * 3))
+        record["teacher_output"] = f"{record['rationale']}. So the answer is {label}."
+    records = _cached_records(teacher_dir, records)
+    groups = []
+    split = loss.length_sorted_chunks
+    monkeypatch.setattr(loss, "length_sorted_chunks", lambda *a, **k: groups.append(len(split(*a, **k))) or split(*a, **k))
+    logs = {}
+    for chunks in (1, 4):
+        config = TrainConfig(model=str(student_dir), token_kd_source="cache", token_kd_rest="bucket",
+                             token_kd_weight=0.5, max_steps=2, batch_size=16, learning_rate=3e-3, eval_steps=2,
+                             logging_steps=1, max_target_length=64, length_chunks=chunks)
+        results = run_training(toy_task(), records, records[:2], [], config, tmp_path / f"c{chunks}")
+        assert results["token_kd_alignment"]["aligned"] > 200
+        logs[chunks] = [row for row in read_log(tmp_path / f"c{chunks}") if "loss" in row]
+    assert max(groups) > 1  # the chunked run did split its batches
+    for one, chunked in zip(logs[1], logs[4]):
+        for name in ("loss", "rationale_loss", "rationale_token_kd_loss"):
+            assert chunked[name] == pytest.approx(one[name], rel=1e-5), name
