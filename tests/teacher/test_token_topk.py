@@ -78,3 +78,23 @@ def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     assert line.startswith("error: --token-logprobs: needs --n 1")
     line = error_line(capsys, base + ["--teacher", "openai:gpt-4o-mini", "--token-logprobs", "101"])
     assert line == "error: --token-logprobs must be between 1 and 100 (0: off), got 101"
+
+
+def test_the_batch_api_records_the_same_token_topk(serve, tmp_path):
+    from fake_batch_server import BatchScript, FakeBatchServer
+    from fake_server import Script
+
+    from stepdistill.teacher.openai_batch import OpenAIBatchTeacher
+
+    params = GenerationParams(token_logprobs=3)
+    online = _generate(serve(outputs=OUTPUTS, logprobs=LOGPROBS), tmp_path, params).records
+    server = FakeBatchServer(Script(outputs=OUTPUTS, logprobs=LOGPROBS), BatchScript()).start()
+    try:
+        teacher = OpenAIBatchTeacher("gpt-4o-mini", base_url=server.url, api_key=API_KEY, poll_interval=0.01,
+                                     progress=False)
+        batch = RationaleGenerator("esnli", teacher, tmp_path / "batch.jsonl", params=params,
+                                   progress=False).run(nli_examples(2)).records
+    finally:
+        server.stop()
+    assert batch[0]["token_topk"] == online[0]["token_topk"] and len(batch[0]["token_topk"]["chosen"]) == 4
+    assert "token_topk" not in batch[1]
