@@ -98,3 +98,37 @@ def test_the_batch_api_records_the_same_token_topk(serve, tmp_path):
         server.stop()
     assert batch[0]["token_topk"] == online[0]["token_topk"] and len(batch[0]["token_topk"]["chosen"]) == 4
     assert "token_topk" not in batch[1]
+
+
+def test_generate_then_train_from_the_cache_on_the_command_line(serve, tmp_path, monkeypatch, capsys):
+    """The whole offline chain: an API whose tokens are the student's own (a server speaking its vocabulary),
+    generate --token-logprobs into a cache, train --token-kd-source cache from it: every rationale token aligns."""
+    from stepdistill.cli import main
+    from stepdistill.student.models import build_tiny_student, load_student
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    examples = nli_examples(8)
+    outputs = {str(e["id"]): "The dog moves.\nAnswer: entailment" for e in examples}
+    texts = [f"{e['premise']} {e['hypothesis']}" for e in examples] + list(outputs.values()) + ["entailment neutral"]
+    student_dir = build_tiny_student(texts * 10, tmp_path / "student", d_model=32, num_layers=1, num_decoder_layers=1,
+                                     d_kv=8, d_ff=32, num_heads=2)
+    tokenizer = load_student(student_dir)[1]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("The dog moves.\nAnswer: entailment").input_ids[:-1])
+    logprobs = [(token, -0.1, [(token, -0.1), (tokens[0] if token != tokens[0] else tokens[1], -2.5)])
+                for token in tokens]
+    server = serve(outputs=outputs, logprobs={key: logprobs for key in outputs})
+    files = {split: str(write_jsonl(tmp_path / f"{split}.jsonl", examples)) for split in ("train", "valid", "test")}
+    data = ["--task", "esnli", "--source", "jsonl", "--files", json.dumps(files)]
+    cache = tmp_path / "topk.jsonl"
+    main(["generate", *data, "--teacher", "openai:gpt-4o-mini", "--base-url", server.url, "--token-logprobs", "2",
+          "--out", str(cache), "--progress", "false"])
+    assert all(record["token_topk"]["chosen"] == tokens for record in cache_lines(cache))
+    main(["train", *data, "--rationales", str(cache), "--model", str(student_dir), "--method", "step-by-step",
+          "--token-kd-source", "cache", "--token-kd-weight", "0.5", "--max-steps", "2", "--eval-steps", "2",
+          "--batch-size", "4", "--output-dir", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    rationale = tokenizer("The dog moves.").input_ids  # the parsed rationale and its </s>
+    assert results["token_kd_alignment"] == {
+        "rationale_tokens": 8 * len(rationale), "aligned": 8 * (len(rationale) - 1), "skipped_unaligned": 8,
+        "skipped_short_top_k": 0, "skipped_no_token_topk": 0, "examples_without_token_topk": 0}
+    assert results["kd"]["source"] == "cache"
