@@ -113,9 +113,12 @@ def _check_vocabulary(topk: dict[str, Any], vocabulary: dict[str, int], tokenize
 
 
 def build_alignment(examples: list[dict[str, Any]], records: list[dict[str, Any]], dataset, tokenizer,
-                    family) -> tuple[dict[int, tuple[list[int], list[list[int]], list[list[float]]]], dict[str, int]]:
-    """Per training row with a rationale (its dataset index): (target-token ordinals, teacher top-k ids,
-    log-probabilities) of its aligned tokens; and the counts of what aligned and what was skipped why."""
+                    family) -> tuple[dict[int, tuple[Any, Any, Any]], dict[str, int]]:
+    """Per training row with a rationale (its dataset index): tensors of its aligned tokens' target-token
+    ordinals (m,), teacher top-k ids (m, k) and log-probabilities (m, k); and the counts of what aligned and what
+    was skipped why."""
+    import torch
+
     by_id = {str(record["id"]): record.get("teacher_token_topk") for record in records}
     vocabulary = tokenizer.get_vocab()
     special = set(tokenizer.all_special_tokens)
@@ -144,8 +147,8 @@ def build_alignment(examples: list[dict[str, Any]], records: list[dict[str, Any]
                 ids.append([vocabulary[token] for token in topk["tokens"][position]])
                 logprobs.append(topk["logprobs"][position])
         counts["aligned"] += len(ordinals)
-        if ordinals:
-            table[i] = (ordinals, ids, logprobs)
+        if ordinals:  # tensors once here, not at every step
+            table[i] = (torch.tensor(ordinals), torch.tensor(ids), torch.tensor(logprobs, dtype=torch.float32))
     if counts["rationale_tokens"] and not counts["aligned"]:
         raise ValueError("option --token-kd-source cache: no rationale token of any training example aligns with "
                          "the teacher's stored tokens (generate the cache with --token-logprobs K, by a teacher "
@@ -187,21 +190,16 @@ class OfflineDistiller:
         ce_each = F.cross_entropy(logits.float(), targets, reduction="none")
         starts = [0] + torch.cumsum(per_row, 0).tolist()[:-1]
         chunk_rows = self.rows if rows is None else [self.rows[r] for r in rows]
-        where, ids, logprobs = [], [], []
-        for start, row in zip(starts, chunk_rows):
-            entry = self.table.get(row)
-            if entry is not None:
-                where += [start + j for j in entry[0]]
-                ids += entry[1]
-                logprobs += entry[2]
+        entries = [(start, self.table[row]) for start, row in zip(starts, chunk_rows) if row in self.table]
         zero = ce_each.sum() * 0
-        if not where:
+        if not entries:
             return ce_each.sum(), targets.new_tensor(len(targets)), zero, zero
-        index = torch.tensor(where, device=logits.device)
-        kd = topk_divergence(logits[index], torch.tensor(ids, device=logits.device),
-                             torch.tensor(logprobs, device=logits.device), self.config.token_kd_rest,
+        device = logits.device
+        index = torch.cat([entry[0] + start for start, entry in entries]).to(device)
+        kd = topk_divergence(logits[index], torch.cat([entry[1] for _, entry in entries]).to(device),
+                             torch.cat([entry[2] for _, entry in entries]).to(device), self.config.token_kd_rest,
                              self.config.kd_divergence, self.config.jsd_beta, self.config.kd_temperature)
-        self._aligned += len(where)
+        self._aligned += len(index)
         return ce_each.sum(), targets.new_tensor(len(targets)), kd.sum(), ce_each[index].sum()
 
     def _forward(self, model, input_ids, attention_mask, labels, unwrapped=None):
