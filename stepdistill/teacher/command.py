@@ -59,8 +59,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             free-form tasks (svamp) or replay (no scores). Part of the cache key.
         top_logprobs: API teachers with --label-logprobs: alternatives per answer token (1 to 20).
         token_logprobs: Also record the top-K log-probabilities of every generated token (token_topk, for offline
-            token-level distillation: train --token-kd-source cache); K 1 to 20 for openai/openai-batch; 0 = off.
-            At most --max-new-tokens positions. Part of the cache key when on.
+            token-level distillation: train --token-kd-source cache); K 1 to 20 for openai/openai-batch, up to
+            100 for hf; 0 = off. At most --max-new-tokens positions; needs --n 1. Part of the cache key when on.
         endpoint: API endpoint: ``chat`` or ``completions``.
         base_url: API base URL (default: $OPENAI_BASE_URL, else OpenAI's).
         api_key: API key (default and preferred: $OPENAI_API_KEY). Never written anywhere.
