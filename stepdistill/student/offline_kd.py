@@ -8,15 +8,15 @@ Vocabulary: every stored token string (generated and alternatives) must be a tok
 is not compared: one tokenizer lives under many paths; its tokens are what must agree.)
 
 Alignment: the student's rationale target is its own tokenisation of the rationale, a prefix of the teacher's
-completion. Both token sequences are laid out as strings (token strings concatenated, leading and trailing special
-tokens of the student's left out) and
-the student's is found in the teacher's; a student token aligns with the teacher position holding the same token
-string at the same place. Positions that do not align (another split of the same text, the end-of-sequence token,
-text beyond the stored positions) or whose top list is shorter than k are skipped: they keep their cross-entropy
-alone and are counted in results.json (``token_kd_alignment``).
+completion. Both token sequences are laid out as strings (token strings concatenated; the student's leading and
+trailing special tokens left out) and the student's is found in the teacher's; a student token aligns with the
+teacher position holding the same token string at the same place. Positions that do not align (another split of
+the same text, the end-of-sequence token, text beyond the stored positions) or whose top list holds fewer than k
+distinct tokens are skipped: they keep their cross-entropy alone and are counted in results.json
+(``token_kd_alignment``).
 
 Per aligned token, the divergence (:func:`.kd.token_divergence`: fkl, rkl or jsd with beta, T^2) over the top-k
-support, ``--token-kd-rest``:
+support (k: the smallest ``k`` of the training records, where caches of several K are mixed), ``--token-kd-rest``:
 
   ``renorm``  the teacher's top-k renormalised against the student's logits gathered at those ids, softmaxed
               over the k (both distributions restricted to the support);
@@ -102,7 +102,20 @@ def topk_divergence(student_logits, teacher_ids, teacher_logprobs, rest: str = "
                             beta, temperature)
 
 
-def _check_vocabulary(topk: dict[str, Any], vocabulary: dict[str, int], tokenizer, example_id: str) -> None:
+def _check_record(topk: dict[str, Any], vocabulary: dict[str, int], tokenizer, example_id: str) -> None:
+    """The field's shape (one ValueError naming the record), then every token in the student's vocabulary."""
+    where = f"option --token-kd-source cache: record {example_id}: field token_topk"
+    try:
+        tokens, logprobs, chosen = topk["tokens"], topk["logprobs"], topk["chosen"]
+        int(topk["k"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: expected k, chosen, tokens and logprobs (generate --token-logprobs K)") from None
+    if not (len(tokens) == len(logprobs) == len(chosen)):
+        raise ValueError(f"{where}: chosen, tokens and logprobs differ in length ({len(chosen)}, {len(tokens)}, "
+                         f"{len(logprobs)})")
+    for position, (row, values) in enumerate(zip(tokens, logprobs)):
+        if len(row) != len(values):
+            raise ValueError(f"{where}: position {position}: {len(row)} tokens but {len(values)} logprobs")
     for token in [*topk["chosen"], *(t for row in topk["tokens"] for t in row)]:
         if token not in vocabulary:
             raise ValueError(
@@ -122,6 +135,8 @@ def build_alignment(examples: list[dict[str, Any]], records: list[dict[str, Any]
     by_id = {str(record["id"]): record.get("teacher_token_topk") for record in records}
     vocabulary = tokenizer.get_vocab()
     special = set(tokenizer.all_special_tokens)
+    # caches of several --token-logprobs K: every row uses the smallest K (the lists are most likely first)
+    k = min((int(topk["k"]) for topk in by_id.values() if topk), default=0)
     table, counts = {}, Counter()
     for i, example in enumerate(examples):
         if example["rationale"] is None:
@@ -134,18 +149,17 @@ def build_alignment(examples: list[dict[str, Any]], records: list[dict[str, Any]
             counts["examples_without_token_topk"] += 1
             counts["skipped_no_token_topk"] += len(targets)
             continue
-        _check_vocabulary(topk, vocabulary, tokenizer, str(example["id"]))
-        k = int(topk["k"])
+        _check_record(topk, vocabulary, tokenizer, str(example["id"]))
         ordinals, ids, logprobs = [], [], []
         for j, position in enumerate(align(tokenizer.convert_ids_to_tokens(targets), topk["chosen"], special)):
             if position is None:
                 counts["skipped_unaligned"] += 1
-            elif len(set(topk["tokens"][position])) < k:
+            elif len(set(topk["tokens"][position][:k])) < k:
                 counts["skipped_short_top_k"] += 1
             else:
                 ordinals.append(j)
-                ids.append([vocabulary[token] for token in topk["tokens"][position]])
-                logprobs.append(topk["logprobs"][position])
+                ids.append([vocabulary[token] for token in topk["tokens"][position][:k]])
+                logprobs.append(topk["logprobs"][position][:k])
         counts["aligned"] += len(ordinals)
         if ordinals:  # tensors once here, not at every step
             table[i] = (torch.tensor(ordinals), torch.tensor(ids), torch.tensor(logprobs, dtype=torch.float32))

@@ -264,3 +264,32 @@ def test_length_chunks_give_the_same_loss(models, tmp_path, monkeypatch):
     for one, chunked in zip(logs[1], logs[4]):
         for name in ("loss", "rationale_loss", "rationale_token_kd_loss"):
             assert chunked[name] == pytest.approx(one[name], rel=1e-5), name
+
+
+def test_mixed_k_uses_the_smallest_and_short_lists_skip(models):
+    from types import SimpleNamespace
+
+    from stepdistill.student.offline_kd import build_alignment
+
+    tokenizer = load_student(models[1])[1]
+    ids = tokenizer("red is warm").input_ids  # ... </s>
+    chosen = tokenizer.convert_ids_to_tokens(ids[:-1])
+    other = tokenizer.convert_ids_to_tokens(tokenizer("blue cold").input_ids[:2])
+    wide = {"k": 3, "chosen": chosen, "tokens": [[t, *other] for t in chosen],
+            "logprobs": [[-0.1, -2.0, -3.0]] * len(chosen)}
+    # k 2; its second position lists one token twice: fewer than 2 distinct, skipped
+    narrow = {"k": 2, "chosen": chosen, "tokens": [[t, t if j == 1 else other[0]] for j, t in enumerate(chosen)],
+              "logprobs": [[-0.1, -2.0]] * len(chosen)}
+    examples = [{"id": "a", "rationale": "red is warm"}, {"id": "b", "rationale": "red is warm"}]
+    records = [{"id": "a", "teacher_token_topk": wide}, {"id": "b", "teacher_token_topk": narrow}]
+    table, counts = build_alignment(examples, records, [{"rationale_labels": ids}] * 2, tokenizer,
+                                    SimpleNamespace(labels_follow_inputs=False))
+    assert counts == {"rationale_tokens": 2 * len(ids), "aligned": 2 * len(chosen) - 1, "skipped_unaligned": 2,
+                      "skipped_short_top_k": 1, "skipped_no_token_topk": 0, "examples_without_token_topk": 0}
+    assert table[0][1].shape == (len(chosen), 2) and table[0][2][0].tolist() == pytest.approx([-0.1, -2.0])
+    assert table[1][0].tolist() == [j for j in range(len(chosen)) if j != 1]
+    broken = {**narrow, "logprobs": narrow["logprobs"][:-1]}
+    with pytest.raises(ValueError, match=rf"^option --token-kd-source cache: record b: field token_topk: chosen, "
+                                         rf"tokens and logprobs differ in length \({len(chosen)}, {len(chosen)}, "):
+        build_alignment(examples, [records[0], {"id": "b", "teacher_token_topk": broken}],
+                        [{"rationale_labels": ids}] * 2, tokenizer, SimpleNamespace(labels_follow_inputs=False))
