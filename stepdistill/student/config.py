@@ -174,7 +174,8 @@ class TrainConfig:
         from .offline_kd import RESTS
 
         if self.token_kd_source not in ("teacher", "cache"):
-            raise ValueError(f"option --token-kd-source: 'teacher' (--kd-teacher) or 'cache', got {self.token_kd_source!r}")
+            raise ValueError("option --token-kd-source: 'teacher' (--kd-teacher) or 'cache', got "
+                             f"{self.token_kd_source!r}")
         if self.token_kd_rest not in RESTS:
             raise ValueError(f"option --token-kd-rest: one of {', '.join(RESTS)}, got {self.token_kd_rest!r}")
         if self.token_kd_source != "cache":

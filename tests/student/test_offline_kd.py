@@ -251,7 +251,12 @@ def test_length_chunks_give_the_same_loss(models, tmp_path, monkeypatch):
     records = _cached_records(teacher_dir, records)
     groups = []
     split = loss.length_sorted_chunks
-    monkeypatch.setattr(loss, "length_sorted_chunks", lambda *a, **k: groups.append(len(split(*a, **k))) or split(*a, **k))
+
+    def counted(*args, **kwargs):
+        groups.append(len(split(*args, **kwargs)))
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(loss, "length_sorted_chunks", counted)
     logs = {}
     for chunks in (1, 4):
         config = TrainConfig(model=str(student_dir), token_kd_source="cache", token_kd_rest="bucket",
