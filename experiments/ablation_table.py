@@ -141,7 +141,10 @@ def main() -> None:
 
 
 def run_jobs(jobs: list[dict], results: dict, workers: int) -> None:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from stepdistill.experiments.executors import init_pool_worker  # workers die with this script
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_pool_worker, initargs=(1,)) as pool:
         futures = {pool.submit(_train_one, j): j for j in jobs}
         for future in as_completed(futures):
             j, r = futures[future], future.result()

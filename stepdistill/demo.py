@@ -291,7 +291,10 @@ def demo(output_dir: str = "stepdistill-demo", seeds: list[int] | None = None, t
           f"{batch_size}), {workers} at a time; Trainer logs in {out}/<method>/seed-<s>/train_output.log", flush=True)
     results: dict[str, list[dict]] = {name: [] for name in METHODS}
     # spawned processes, one thread each: both cores busy without OpenMP threads waiting on each other
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from .experiments.executors import init_pool_worker  # workers die with the demo (a killed demo leaves none)
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_pool_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_train_one, job): job for job in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             job, r = futures[future], future.result()

@@ -139,3 +139,48 @@ def test_only_correct_rationales_are_shown(tmp_path, capsys):
     run.joinpath("predictions_test.jsonl").write_text(json.dumps({"prediction": "fruit", "rationale": wrong}) + "\n")
     _rationales(tmp_path, [0], test)
     assert "cannot write rationales yet" in capsys.readouterr().out
+
+
+def test_killing_the_demo_kills_its_workers(tmp_path):
+    """A demo stopped with SIGTERM (or killed) takes its training workers with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sweep_workers import alive
+
+    demo_run = subprocess.Popen(
+        [sys.executable, "-m", "stepdistill.cli", "demo", "--output-dir", str(tmp_path / "out"), "--workers", "2",
+         "--train-size", "48", "--valid-size", "8", "--test-size", "8", "--max-steps", "100000", "--seeds", "[0]"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(") ", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == demo_run.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 180
+    logs = [tmp_path / "out" / method / "seed-0" / "train_output.log" for method in ("standard", "step-by-step")]
+    while not all(log.exists() for log in logs):  # both workers are training
+        assert time.monotonic() < deadline and demo_run.poll() is None, "the demo's workers did not start"
+        time.sleep(0.1)
+    workers = [pid for pid in children() if pid != demo_run.pid]
+    assert len(workers) >= 2
+    demo_run.send_signal(signal.SIGTERM)
+    demo_run.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [pid for pid in workers if alive(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "a demo worker outlived the demo"

@@ -59,7 +59,7 @@ def drive(pending: list, start: Callable, finish: Callable, fail: Callable, work
 
 # -- a process pool on this machine ------------------------------------------------------------------------------
 
-def _init_worker(threads: int) -> None:
+def init_pool_worker(threads: int) -> None:
     import sys
 
     import torch
@@ -80,7 +80,7 @@ def run_in_processes(pending: list, start: Callable, finish: Callable, fail: Cal
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=init_pool_worker, initargs=(threads,)) as pool:
         drive(pending, start, finish, fail, workers,
               submit=lambda args, extra: pool.submit(train_fn, *args, extra=extra),
               wait_first=lambda handles: wait(handles, return_when=FIRST_COMPLETED)[0],
