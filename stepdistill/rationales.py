@@ -156,6 +156,8 @@ def attach_rationales(examples: list[dict[str, Any]], cache: dict[str, dict[str,
             if usable and record.get("label_logprobs") is not None:  # the teacher's distribution (docs: kd_format)
                 update["label_logprobs"] = record["label_logprobs"]
         update["teacher_raw_label"] = update["teacher_label"]  # the cache keeps no raw text; not the data layer's
+        if record is not None and record.get("token_topk") and update["teacher_error"] is None:
+            update["teacher_token_topk"] = record["token_topk"]  # generate --token-logprobs K: offline token KD
         if record is not None and record.get("outputs") and update["teacher_error"] is None:
             # self-consistency samples (generate --n K), for training on every sampled rationale
             update["teacher_outputs"] = list(record["outputs"])

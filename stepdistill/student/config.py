@@ -125,6 +125,11 @@ class TrainConfig:
     # student:teacher hidden-state pairs, "1:2,2:4" (0 = embeddings, k = output of block k; seq2seq: the decoder's);
     # None = evenly spaced, each student layer to teacher layer round(k * teacher layers / student layers)
     hidden_layers: str | None = None
+    # where the token term's teacher distribution comes from: "teacher" (--kd-teacher, online) or "cache" (offline:
+    # the cache's top-k log-probabilities per teacher token, generate --token-logprobs K; rationale task only)
+    token_kd_source: str = "teacher"
+    # --token-kd-source cache: "renorm" the top-k renormalised, or "bucket" k + 1 buckets (the rest as one)
+    token_kd_rest: str = "renorm"
 
     # -- soft labels and schedules (issue 24): stepdistill/student/soft_labels.py, schedules.py -------------------
 
@@ -192,6 +197,31 @@ class TrainConfig:
         if self.save_steps is not None and self.save_steps % self.eval_steps:
             raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
 
+    def _check_offline_kd(self) -> bool:
+        """--token-kd-source cache (student/offline_kd.py): True when it is on and consistent."""
+        from .offline_kd import RESTS
+
+        if self.token_kd_source not in ("teacher", "cache"):
+            raise ValueError("option --token-kd-source: 'teacher' (--kd-teacher) or 'cache', got "
+                             f"{self.token_kd_source!r}")
+        if self.token_kd_rest not in RESTS:
+            raise ValueError(f"option --token-kd-rest: one of {', '.join(RESTS)}, got {self.token_kd_rest!r}")
+        if self.token_kd_source != "cache":
+            return False
+        if self.token_kd_weight <= 0:
+            raise ValueError("option --token-kd-source cache: give --token-kd-weight above 0")
+        conflicts = [name for name, on in (("--kd-teacher", bool(self.kd_teacher)),
+                                           ("--hidden-weight", self.hidden_weight > 0),
+                                           ("--shared-encoder", self.shared_encoder), ("--fsdp", bool(self.fsdp)),
+                                           ("--deepspeed", bool(self.deepspeed)),
+                                           ("--rationale-samples " + self.rationale_samples,
+                                            self.rationale_samples != "one"),
+                                           (f"--method {self.method}", self.method != "step-by-step")) if on]
+        if conflicts:
+            raise ValueError(f"option --token-kd-source cache: not supported with {conflicts[0]} (offline token "
+                             "distillation is on the step-by-step rationale task, from the cache alone)")
+        return True
+
     def _check_kd(self) -> None:
         """Issue 24's options: shrink specs, knowledge distillation from a local teacher."""
         from .kd import DIVERGENCES, check_layer_map_syntax
@@ -212,6 +242,8 @@ class TrainConfig:
         check_layer_map_syntax(self.hidden_layers)
         if self.hidden_layers and not self.hidden_weight:
             raise ValueError("option --hidden-layers: needs --hidden-weight above 0")
+        if self._check_offline_kd():
+            return
         weighted = self.token_kd_weight > 0 or self.hidden_weight > 0
         if weighted and not self.kd_teacher:
             raise ValueError("option --token-kd-weight / --hidden-weight: needs a teacher (--kd-teacher PATH)")

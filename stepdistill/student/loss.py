@@ -13,10 +13,12 @@ from .collate import length_sorted_chunks
 
 
 def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int = 1, unwrapped=None,
-                   pass_sums=None):
+                   pass_sums=None, pass_rows: bool = False):
     """(sum of the target tokens' cross-entropies, number of target tokens) of a right-padded batch.
     ``pass_sums``: another function of one chunk (``family.loss_sum``'s arguments) whose tuple of sums is summed
-    over the chunks instead (:mod:`.online_kd`: the cross-entropy, tokens and the distillation terms).
+    over the chunks instead (:mod:`.online_kd`: the cross-entropy, tokens and the distillation terms);
+    ``pass_rows``: it also gets ``rows=``, the chunk's row indices in the batch (None: all, in order;
+    :mod:`.offline_kd` finds each row's stored teacher top-k by them).
 
     The rows run in at most ``chunks`` length-sorted chunks (:func:`length_sorted_chunks`), each cut to its own
     longest row: the sum is that of one padded batch (same examples, same update) without computing most of the
@@ -34,8 +36,9 @@ def token_loss_sum(family, model, input_ids, attention_mask, labels, chunks: int
         rows = slice(None) if rows is None else torch.tensor(rows, device=input_ids.device)
         width = max(1, int(input_lengths[rows].max()))
         target_width = width if family.labels_follow_inputs else max(1, int(target_lengths[rows].max()))
+        extra = {"rows": None if isinstance(rows, slice) else rows.tolist()} if pass_rows else {}
         chunk = (pass_sums or family.loss_sum)(model, input_ids[rows, :width], attention_mask[rows, :width],
-                                               labels[rows, :target_width], unwrapped)
+                                               labels[rows, :target_width], unwrapped, **extra)
         sums = chunk if sums is None else tuple(a + b for a, b in zip(sums, chunk))
     return sums
 

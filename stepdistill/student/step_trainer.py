@@ -49,7 +49,7 @@ class StepByStepTrainer(Trainer):
     loss_is_scaled_for_ga = True  # compute_loss divides by the global token counts itself
 
     def __init__(self, *args, step_config: TrainConfig, task: Task, eval_records: list[dict[str, Any]], family,
-                 rank_normalization: str = "sum", batch_log: Path | None = None, **kwargs):
+                 rank_normalization: str = "sum", batch_log: Path | None = None, offline_kd=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.step_config = step_config
         self.task = task
@@ -64,7 +64,9 @@ class StepByStepTrainer(Trainer):
         from .online_kd import build_online_distiller
 
         # issue 24: the local teacher's token and hidden-state terms (None without --kd-teacher)
-        self.kd = build_online_distiller(step_config, self.model, self.processing_class, family, self.args.device)
+        # or the cache's top-k per teacher token on the rationale task (offline_kd.py, built by the caller)
+        self.kd = offline_kd or build_online_distiller(step_config, self.model, self.processing_class, family,
+                                                       self.args.device)
         if self.kd is not None:
             self._task_losses.update({name: [] for name in self.kd.log_names})
         # soft labels and schedules (student/soft_labels.py, schedules.py)
@@ -131,10 +133,12 @@ class StepByStepTrainer(Trainer):
                                                            unexpected_keys=load_result.unexpected_keys))
 
     def _task_loss(self, model, input_ids, attention_mask, labels, task: str = "label"):
-        if self.kd is not None:  # the same passes, also summing the distillation terms (for compose, below)
+        offline = getattr(self.kd, "offline", False)  # offline: the rationale task only; it needs each chunk's rows
+        if self.kd is not None and not (offline and task == "label"):
+            # the same passes, also summing the distillation terms (for compose, below)
             ce, count, kd, mse = token_loss_sum(self.family, model, input_ids, attention_mask, labels,
                                                 self.length_chunks, self.accelerator.unwrap_model(model),
-                                                pass_sums=self.kd.chunk_sums)
+                                                pass_sums=self.kd.chunk_sums, pass_rows=offline)
             self.kd.record(task, kd, mse, count)
             return ce, count
         return token_loss_sum(self.family, model, input_ids, attention_mask, labels, self.length_chunks,
@@ -153,6 +157,8 @@ class StepByStepTrainer(Trainer):
                                     "example_index": inputs["example_index"].tolist()}) + "\n")
         two_tasks = self.step_config.method == "step-by-step"
         values = self.scheduled_values()  # alpha, soft_weight, temperature of this update (student/schedules.py)
+        if getattr(self.kd, "offline", False):
+            self.kd.set_rows(inputs)
         if self.step_config.shared_encoder:
             rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
             (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(

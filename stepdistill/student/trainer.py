@@ -160,12 +160,16 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
         batch_log = run_dir / f"batch_ids.rank{args.process_index}.jsonl"
         batch_log.unlink(missing_ok=True)
 
+    from .offline_kd import build_offline_distiller
+
+    # --token-kd-source cache: the teacher's stored top-k aligned to the rationale targets (vocabulary checked)
+    offline_kd = build_offline_distiller(config, examples, train_records, train_dataset, tokenizer, family)
     trainer = StepByStepTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=train_dataset.select(range(1)),
         data_collator=MultiTaskCollator(tokenizer.pad_token_id, family.labels_follow_inputs), processing_class=tokenizer,
         callbacks=[LogAtCheckpoints(), *(callbacks or [])], step_config=config, task=task,
         eval_records=valid_records, family=family,
-        rank_normalization=rank_normalization, batch_log=batch_log)
+        rank_normalization=rank_normalization, batch_log=batch_log, offline_kd=offline_kd)
     if callbacks:  # the caller shows progress: drop the Trainer's raw log-dict prints (train_log.jsonl keeps them)
         from transformers.trainer_callback import PrinterCallback
 

@@ -13,6 +13,7 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
                      split: str = "train", limit: int | None = None, shard: str | None = None, concurrency: int = 16,
                      prompt: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                      n: int = 1, seed: int | None = None, label_logprobs: bool = False, top_logprobs: int = 20,
+                     token_logprobs: int = 0,
                      endpoint: str = "chat", base_url: str | None = None,
                      api_key: str | None = None, timeout: float = 60.0, max_attempts: int = 6,
                      requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
@@ -57,6 +58,9 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
             its own rationale. student: teachers and --n K (vote shares) record it without this option. Not for
             free-form tasks (svamp) or replay (no scores). Part of the cache key.
         top_logprobs: API teachers with --label-logprobs: alternatives per answer token (1 to 20).
+        token_logprobs: Also record the top-K log-probabilities of every generated token (token_topk, for offline
+            token-level distillation: train --token-kd-source cache); K 1 to 20 for openai/openai-batch, up to
+            100 for hf; 0 = off. At most --max-new-tokens positions; needs --n 1. Part of the cache key when on.
         endpoint: API endpoint: ``chat`` or ``completions``.
         base_url: API base URL (default: $OPENAI_BASE_URL, else OpenAI's).
         api_key: API key (default and preferred: $OPENAI_API_KEY). Never written anywhere.
@@ -145,7 +149,8 @@ def generate_command(data: DataOptions, teacher: str = "replay:../shared/data", 
         examples = loaded.splits[split]
         teacher_obj = make_teacher(teacher, loaded.task.name, split, **options)
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed,
-                                  label_logprobs=label_logprobs, top_logprobs=top_logprobs)
+                                  label_logprobs=label_logprobs, top_logprobs=top_logprobs,
+                                  token_logprobs=token_logprobs)
         generator = RationaleGenerator(loaded.task, teacher_obj, out, template=prompt, params=params,
                                        concurrency=concurrency, filter_gold=filter_gold, retry_failed=retry_failed,
                                        shard=shard, progress=progress)

@@ -8,6 +8,8 @@ One record per example, keyed by (example id, prompt hash, teacher model, genera
      "outputs", "votes", "rationales",          # only with self-consistency (n > 1)
      "label_logprobs", "label_logprobs_source", "label_logprob_rest",  # the teacher's label distribution, where
                                                  # it gives one (ok/filtered records; see label_scores.py)
+     "token_topk",                               # --token-logprobs K: per generated token its top-K tokens and
+                                                 # log-probabilities (ok/filtered records; see token_topk.py)
      "usage": {"prompt_tokens", "completion_tokens"}, "cost", "attempts", "attempt_errors", "gold_filter"}
 
 - ``failed``: the request failed after every retry (``error`` says why: http_429, timeout, ...).
@@ -38,7 +40,7 @@ import jsonlines
 from ..locks import exclusive_lock
 from ..rationales import CacheError, attach_rationales, index_by_key, load_rationales, read_cache  # noqa: F401
 from ..tasks import Task, get_task
-from . import label_scores
+from . import label_scores, token_topk
 from .prompts import PromptTemplate, load_template, template_for_task
 from .summary import Summary, format_summary  # noqa: F401  (importable from here, as before)
 from .teachers import GenerationParams, Reply, Teacher
@@ -132,7 +134,7 @@ def _group_label(task: Task, label: str, groups: list[str], fields: dict[str, An
 
 def finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
     """Fill the derived fields (status, rationale, label, votes, label_logprobs) from the raw outputs. Pure."""
-    return label_scores.settle(_finalize(record, task, fields, filter_gold), task, fields)
+    return token_topk.settle(label_scores.settle(_finalize(record, task, fields, filter_gold), task, fields))
 
 
 def _finalize(record: dict[str, Any], task: Task, fields: dict[str, Any], filter_gold: bool) -> dict[str, Any]:
@@ -226,6 +228,7 @@ class RationaleGenerator:
             raise ValueError("the replay teacher has one output per example: self-consistency needs n = 1")
         teacher.check(params)
         label_scores.check_supported(self.task, teacher, params)
+        token_topk.check_supported(teacher, params)
         self.params = params
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -282,7 +285,11 @@ class RationaleGenerator:
         }
         if len(reply.outputs) > 1:
             record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
-        record.update(label_scores.record_fields(self.task, job.fields, reply))
+        # token log-probabilities asked for token_topk alone are no label distribution (scores of a student:
+        # teacher, which come without --label-logprobs, still are)
+        if self.params.label_logprobs or not self.params.token_logprobs:
+            record.update(label_scores.record_fields(self.task, job.fields, reply))
+        record.update(token_topk.record_fields(self.teacher, self.params, reply))
         record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
                       cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
                       attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))

@@ -91,6 +91,7 @@ class HFTeacher(Teacher):
     kind = "hf"
     max_concurrency = 1  # one batch at a time on the device
     label_source = "scores"
+    token_topk_source = "local"  # --token-logprobs: from the logits of every generated token, up to 100
 
     def __init__(self, path: str, device: str = "auto", batch_size: int = 8, dtype: str = "auto",
                  prompt_format: str = "auto", system_prompt: str | None = None):
@@ -228,6 +229,8 @@ class HFTeacher(Teacher):
                 torch.manual_seed(params.seed)
         if params.stop and self._stop_strings_work:
             options.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        if params.token_logprobs:  # token_topk: the raw next-token logits of every generated position
+            options.update(output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode():
             try:
                 generated = model.generate(**encoded, **options)
@@ -240,6 +243,9 @@ class HFTeacher(Teacher):
                 self._stop_strings_work = False
                 del options["stop_strings"], options["tokenizer"]
                 generated = model.generate(**encoded, **options)
+        step_logits = generated.logits if params.token_logprobs else None
+        if step_logits is not None:
+            generated = generated.sequences
         new_tokens = generated[:, encoded["input_ids"].shape[1]:]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         replies = []
@@ -254,8 +260,27 @@ class HFTeacher(Teacher):
                 reply.outputs.append(text)
                 reply.finish_reasons.append("stop" if stopped or end is not None else "length")
                 reply.completion_tokens += len(tokens)
+                if step_logits is not None:
+                    reply.token_logprobs = (reply.token_logprobs or []) + [
+                        self._top_tokens(step_logits, i * params.n + len(reply.outputs) - 1, tokens,
+                                         params.token_logprobs)]
             replies.append(reply)
         return replies
+
+    def _top_tokens(self, step_logits, row: int, tokens: list[int], k: int):
+        """(token, logprob, [(alternative, logprob)] * k) per generated token of ``row``, as the tokenizer spells
+        its tokens (``convert_ids_to_tokens``: a student with the same vocabulary maps them back to ids)."""
+        import torch
+
+        tokenizer = self._tokenizer
+        out = []
+        for position, token in enumerate(tokens):
+            logprobs = torch.log_softmax(step_logits[position][row].float(), dim=-1)
+            top = logprobs.topk(min(k, logprobs.shape[-1]))
+            names = tokenizer.convert_ids_to_tokens(top.indices.tolist())
+            out.append((tokenizer.convert_ids_to_tokens(token), float(logprobs[token]),
+                        list(zip(names, top.values.tolist()))))
+        return out
 
     async def generate(self, prompts, ids, params):
         return await asyncio.to_thread(self.generate_sync, prompts, params)

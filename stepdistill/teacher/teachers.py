@@ -44,10 +44,14 @@ class GenerationParams:
     # record the teacher's distribution over the candidate labels (label_logprobs; see label_scores.py)
     label_logprobs: bool = False
     top_logprobs: int = 20  # API teachers: alternatives per answer token (the OpenAI API's limit: 20)
+    # record the top-K log-probabilities of every generated token (token_topk; see token_topk.py); 0 = off
+    token_logprobs: int = 0
 
     def __post_init__(self):
         if not 1 <= self.top_logprobs <= 20:
             raise ValueError(f"--top-logprobs must be between 1 and 20 (the API's limit), got {self.top_logprobs}")
+        if not 0 <= self.token_logprobs <= 100:
+            raise ValueError(f"--token-logprobs must be between 1 and 100 (0: off), got {self.token_logprobs}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.n > 1 and self.temperature <= 0:
@@ -58,6 +62,8 @@ class GenerationParams:
         out = {**asdict(self), "stop": list(self.stop)}
         if not self.label_logprobs:  # off: the keys of caches written before the option existed
             del out["label_logprobs"], out["top_logprobs"]
+        if not self.token_logprobs:  # likewise
+            del out["token_logprobs"]
         return out
 
 
@@ -190,6 +196,7 @@ class OpenAITeacher(Teacher):
 
     kind = "openai"
     label_source = "top_logprobs"
+    token_topk_source = "api"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, endpoint: str = "chat",
                  timeout: float = 60.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -274,9 +281,10 @@ class OpenAITeacher(Teacher):
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
-        if params.label_logprobs and params.n == 1:  # with n > 1 the votes are the distribution
-            body.update({"logprobs": True, "top_logprobs": params.top_logprobs} if self.endpoint == "chat"
-                        else {"logprobs": params.top_logprobs})
+        label = params.label_logprobs and params.n == 1  # with n > 1 the votes are the distribution
+        if label or params.token_logprobs:
+            top = max(params.top_logprobs if label else 0, params.token_logprobs)
+            body.update({"logprobs": True, "top_logprobs": top} if self.endpoint == "chat" else {"logprobs": top})
         # client.post (the client's documented way to call any endpoint) rather than .create(): the same HTTP
         # layer, errors and response types, without the per-call parameter transform that costs ~1 ms of CPU,
         # a third of the client's work per request at hundreds of requests per second

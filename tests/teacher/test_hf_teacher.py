@@ -312,3 +312,33 @@ def test_label_logprobs_score_every_candidate_after_the_rationale(model_fixture,
         assert record["label_logprobs"] == pytest.approx({k: v - total for k, v in scores.items()}, abs=1e-5)
         assert record["label_logprob_rest"] is None
     assert records[0]["label_logprobs"] != records[1]["label_logprobs"]  # the prompt matters
+
+
+# -- every generated token's top-k (--token-logprobs, issue 24 item 3) -------------------------------------------
+
+def test_token_logprobs_are_the_teacher_forced_top_k(tiny_model_dir):
+    import torch
+
+    teacher = HFTeacher(str(tiny_model_dir), device="cpu", batch_size=2)
+    params = GenerationParams(max_new_tokens=6, token_logprobs=3)
+    replies = teacher.generate_sync(PROMPTS[:2], params)
+    model, tokenizer = teacher._load()
+    for prompt, reply in zip(PROMPTS[:2], replies):
+        tokens = reply.token_logprobs[0]
+        assert len(tokens) == reply.completion_tokens and 0 < len(tokens) <= 6
+        # by hand: one teacher-forced forward on the prompt and the generated tokens, unpadded
+        ids = tokenizer(prompt)["input_ids"] + tokenizer.convert_tokens_to_ids([token for token, _, _ in tokens])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        start = len(ids) - len(tokens)
+        for position, (token, logprob, alternatives) in enumerate(tokens):
+            row = logprobs[start + position - 1]
+            top = row.topk(3)
+            assert [name for name, _ in alternatives] == tokenizer.convert_ids_to_tokens(top.indices.tolist())
+            assert [value for _, value in alternatives] == pytest.approx(top.values.tolist(), abs=1e-4)
+            assert logprob == pytest.approx(float(row[tokenizer.convert_tokens_to_ids(token)]), abs=1e-4)
+    # the generator may ask a local teacher for more than an API's 20 (the tiny vocabulary has 120)
+    teacher.check(GenerationParams(token_logprobs=50))
+    from stepdistill.teacher.token_topk import check_supported
+
+    check_supported(teacher, GenerationParams(token_logprobs=50))
