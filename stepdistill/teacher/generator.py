@@ -275,14 +275,24 @@ class RationaleGenerator:
                 break
         return jobs
 
-    def _record(self, job: _Job, reply: Reply) -> dict[str, Any]:
-        record: dict[str, Any] = {
+    def _reply_record(self, job: _Job, reply: Reply, **about: Any) -> dict[str, Any]:
+        """The fields every record of a reply has (``about``: what the job was, e.g. its gold label), in file order."""
+        return {
             "id": job.example_id, "key": job.key, "prompt_hash": job.prompt_hash, "teacher": self.teacher.kind,
-            "model": self.teacher.model, "params": self.teacher.key_params(self.params), "gold": job.gold,
+            "model": self.teacher.model, "params": self.teacher.key_params(self.params), **about,
             "status": "failed" if reply.error else "ok", "error": reply.error, "error_detail": reply.error_detail,
             "raw_output": reply.outputs[0] if reply.outputs else None,
             "finish_reason": reply.finish_reasons[0] if reply.finish_reasons else None,
         }
+
+    def _accounting(self, reply: Reply) -> dict[str, Any]:
+        """Tokens, cost and attempts of a reply: the last fields of its record."""
+        return dict(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+                    cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
+                    attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))
+
+    def _record(self, job: _Job, reply: Reply) -> dict[str, Any]:
+        record = self._reply_record(job, reply, gold=job.gold)
         if len(reply.outputs) > 1:
             record.update(outputs=reply.outputs, finish_reasons=reply.finish_reasons)
         # token log-probabilities asked for token_topk alone are no label distribution (scores of a student:
@@ -290,9 +300,7 @@ class RationaleGenerator:
         if self.params.label_logprobs or not self.params.token_logprobs:
             record.update(label_scores.record_fields(self.task, job.fields, reply))
         record.update(token_topk.record_fields(self.teacher, self.params, reply))
-        record.update(usage={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
-                      cost=self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
-                      attempts=reply.attempts, attempt_errors=reply.attempt_errors, created=round(time.time(), 3))
+        record.update(self._accounting(reply))
         return finalize(record, self.task, job.fields, self.filter_gold)
 
     # -- running ----------------------------------------------------------------------------------------------

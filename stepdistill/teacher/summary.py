@@ -52,8 +52,13 @@ def format_summary(summary: Summary) -> str:
         lines.append("retried attempts by reason: " + ", ".join(f"{k} {v:,}" for k, v in s.retried.most_common()))
     if s.filtered:
         lines.append(f"dropped by the gold filter: {s.filtered:,} examples ({s.rationales_dropped:,} rationales)")
+    return "\n".join(lines + spend_lines(s))
+
+
+def spend_lines(s) -> list[str]:
+    """The closing lines of a run's summary (generation or synthesis): tokens, cost, a dropped partial line."""
     cost = "n/a (no price for this model)" if s.cost is None else f"${s.cost:.4f}"
-    lines.append(f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion; cost {cost}")
+    lines = [f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion; cost {cost}"]
     if s.partial_line_dropped:
         lines.append("a partial final line from an interrupted run was dropped from the cache")
-    return "\n".join(lines)
+    return lines

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..near_duplicates import NearDuplicateIndex
 from ..rationales import CacheError, is_synthetic, read_cache  # noqa: F401 (is_synthetic: importable from here)
 from ..tasks import Task, get_task
 from .generator import RationaleGenerator, _Job, cache_key, lock_cache, prompt_hash
+from .summary import spend_lines
 from .synthesis_prompts import synthesis_template_for_task
 from .teachers import GenerationParams, Reply, Teacher
 
@@ -94,11 +94,7 @@ def format_synthesis_summary(s: SynthesisSummary) -> str:
     if s.cache_records != s.slots:
         lines.append(f"the cache holds {s.cache_records:,} synthesis records (earlier runs included), "
                      f"{s.cache_accepted:,} accepted")
-    cost = "n/a (no price for this model)" if s.cost is None else f"${s.cost:.4f}"
-    lines.append(f"tokens this run: {s.prompt_tokens:,} prompt + {s.completion_tokens:,} completion; cost {cost}")
-    if s.partial_line_dropped:
-        lines.append("a partial final line from an interrupted run was dropped from the cache")
-    return "\n".join(lines)
+    return "\n".join(lines + spend_lines(s))
 
 
 class SyntheticGenerator(RationaleGenerator):
@@ -166,15 +162,7 @@ class SyntheticGenerator(RationaleGenerator):
 
     # -- records ----------------------------------------------------------------------------------------------
     def _record(self, job: _Job, reply: Reply) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "id": job.example_id, "key": job.key, "prompt_hash": job.prompt_hash, "teacher": self.teacher.kind,
-            "model": self.teacher.model, "params": self.teacher.key_params(self.params), "synthetic": job.fields,
-            "status": "failed" if reply.error else "ok", "error": reply.error, "error_detail": reply.error_detail,
-            "raw_output": reply.outputs[0] if reply.outputs else None,
-            "finish_reason": reply.finish_reasons[0] if reply.finish_reasons else None,
-            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
-            "cost": self.teacher.cost(reply.prompt_tokens, reply.completion_tokens),
-            "attempts": reply.attempts, "attempt_errors": reply.attempt_errors, "created": round(time.time(), 3)}
+        record = {**self._reply_record(job, reply, synthetic=job.fields), **self._accounting(reply)}
         return self.assess(record, None)  # provisional: the final pass also checks the synthetic examples
 
     def _cached_record(self, record, job):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 from cli_helpers import error_line
-from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
+from teacher_helpers import API_KEY, batch_api_records, cache_lines, nli_examples, write_jsonl
 
 from stepdistill.teacher.generator import RationaleGenerator
 from stepdistill.teacher.label_scores import from_top_logprobs
@@ -139,20 +139,8 @@ def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_batch_api_records_the_same_label_logprobs(serve, tmp_path):
-    from fake_batch_server import BatchScript, FakeBatchServer
-    from fake_server import Script
-
-    from stepdistill.teacher.openai_batch import OpenAIBatchTeacher
-
     params = GenerationParams(label_logprobs=True, top_logprobs=4)
     online = _generate(serve(outputs=OUTPUTS, logprobs=LOGPROBS), tmp_path, params).records
-    server = FakeBatchServer(Script(outputs=OUTPUTS, logprobs=LOGPROBS), BatchScript()).start()
-    try:
-        teacher = OpenAIBatchTeacher("gpt-4o-mini", base_url=server.url, api_key=API_KEY, poll_interval=0.01,
-                                     progress=False)
-        batch = RationaleGenerator("esnli", teacher, tmp_path / "batch.jsonl", params=params,
-                                   progress=False).run(nli_examples(3)).records
-    finally:
-        server.stop()
+    batch = batch_api_records(tmp_path, params, OUTPUTS, LOGPROBS, 3)
     assert [r.get("label_logprobs") for r in batch] == [r.get("label_logprobs") for r in online]
     assert batch[0]["label_logprobs"] and batch[0]["label_logprob_rest"] == online[0]["label_logprob_rest"]

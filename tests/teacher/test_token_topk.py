@@ -5,7 +5,7 @@ import json
 
 import pytest
 from cli_helpers import error_line
-from teacher_helpers import API_KEY, cache_lines, nli_examples, write_jsonl
+from teacher_helpers import API_KEY, batch_api_records, cache_lines, nli_examples, write_jsonl
 
 from stepdistill.teacher.generator import RationaleGenerator
 from stepdistill.teacher.teachers import GenerationParams, OpenAITeacher
@@ -81,21 +81,9 @@ def test_refusals_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_the_batch_api_records_the_same_token_topk(serve, tmp_path):
-    from fake_batch_server import BatchScript, FakeBatchServer
-    from fake_server import Script
-
-    from stepdistill.teacher.openai_batch import OpenAIBatchTeacher
-
     params = GenerationParams(token_logprobs=3)
     online = _generate(serve(outputs=OUTPUTS, logprobs=LOGPROBS), tmp_path, params).records
-    server = FakeBatchServer(Script(outputs=OUTPUTS, logprobs=LOGPROBS), BatchScript()).start()
-    try:
-        teacher = OpenAIBatchTeacher("gpt-4o-mini", base_url=server.url, api_key=API_KEY, poll_interval=0.01,
-                                     progress=False)
-        batch = RationaleGenerator("esnli", teacher, tmp_path / "batch.jsonl", params=params,
-                                   progress=False).run(nli_examples(2)).records
-    finally:
-        server.stop()
+    batch = batch_api_records(tmp_path, params, OUTPUTS, LOGPROBS, 2)
     assert batch[0]["token_topk"] == online[0]["token_topk"] and len(batch[0]["token_topk"]["chosen"]) == 4
     assert "token_topk" not in batch[1]
 
