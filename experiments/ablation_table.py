@@ -19,12 +19,11 @@ import argparse
 import json
 import multiprocessing
 import random
-import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from stepdistill.demo import DEMO_MODEL, KINDS, KindsDemo, _train_one, demo_records, mean_interval, teacher_output
+from stepdistill.demo import DEMO_MODEL, KINDS, KindsDemo, _pm, _train_one, demo_records, teacher_output
 
 
 def noisy_samples(record: dict, k: int, noise: float, rng: random.Random) -> list[str]:
@@ -66,19 +65,6 @@ def sampled_train(train: list[dict], k: int, noise: float, seed: int = 0) -> lis
     return out
 
 
-def with_test_rationales(splits: dict, out: Path) -> dict:
-    """Valid and test records with the replayed teacher's rationales too (rationale-input reads them)."""
-    from stepdistill.teacher import RationaleGenerator, ReplayTeacher, attach_rationales, load_rationales
-
-    for split in ("valid", "test"):
-        cache = out / f"rationales_{split}.jsonl"
-        cache.unlink(missing_ok=True)
-        RationaleGenerator(KindsDemo.name, ReplayTeacher(out / "teacher", KindsDemo.name, split), cache,
-                           progress=False).run(splits[split])
-        splits[split] = attach_rationales(splits[split], load_rationales(cache))
-    return splits
-
-
 ROWS = {  # row -> (trainer method, extra TrainConfig fields, train data: "teacher" | "sampled")
     "standard fine-tuning": ("standard", {}, "teacher"),
     "step-by-step": ("step-by-step", {"generate_rationales": True, "rationale_first_eval": True}, "teacher"),
@@ -107,7 +93,8 @@ def main() -> None:
     from stepdistill.student.config import TrainConfig
 
     out = Path(args.out)
-    splits = with_test_rationales(demo_records(out, {"train": 300, "valid": 200, "test": 400}, 0), out)
+    # rationale-input reads the teacher's valid and test rationales too
+    splits = demo_records(out, {"train": 300, "valid": 200, "test": 400}, 0, ("train", "valid", "test"))
     data = {"teacher": splits["train"], "sampled": sampled_train(splits["train"], args.samples, args.noise)}
     agree = sum(r["teacher_label"] == r["label"] for r in data["sampled"]) / len(data["sampled"])
     print(f"sampling teacher: {args.samples} samples, noise {args.noise}: voted label = gold on {100 * agree:.1f}%")
@@ -151,11 +138,6 @@ def run_jobs(jobs: list[dict], results: dict, workers: int) -> None:
             results[j["name"]].append(r)
             print(f"{j['name']}, seed {r['seed']}: test {100 * r['test_accuracy']:.1f}% "
                   f"({r['wall_seconds']:.0f} s)", flush=True)
-
-
-def _pm(values: list[float]) -> str:
-    mean, half = mean_interval([100 * v for v in values])
-    return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f}"
 
 
 def markdown(results: dict[str, list[dict]], args) -> str:

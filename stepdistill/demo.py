@@ -134,19 +134,22 @@ def write_demo_data(data_dir: str | Path, teacher_dir: str | Path, sizes: dict[s
             writer.write_all({"id": r["id"], "output": teacher_output(r)} for r in rows)
 
 
-def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Write the demo data, load it with the data layer and attach train rationales from the replay teacher."""
+def demo_records(out_dir: str | Path, sizes: dict[str, int], seed: int = 0,
+                 rationale_splits: tuple[str, ...] = ("train",)) -> dict[str, list[dict[str, Any]]]:
+    """Write the demo data, load it with the data layer and attach the replay teacher's rationales to the
+    ``rationale_splits`` (valid and test too for a student that reads rationales, such as rationale-input)."""
     from .data import load_task_data
     from .teacher import RationaleGenerator, ReplayTeacher, attach_rationales, load_rationales
 
     out_dir = Path(out_dir)
     write_demo_data(out_dir / "data", out_dir / "teacher", sizes, seed)
     splits = dict(load_task_data(KindsDemo.name, data_dir=out_dir / "data", source="local").splits)
-    cache = out_dir / "rationales_train.jsonl"
-    cache.unlink(missing_ok=True)
-    teacher = ReplayTeacher(out_dir / "teacher", KindsDemo.name, "train")
-    RationaleGenerator(KindsDemo.name, teacher, cache, progress=False).run(splits["train"])
-    splits["train"] = attach_rationales(splits["train"], load_rationales(cache))
+    for split in rationale_splits:
+        cache = out_dir / f"rationales_{split}.jsonl"
+        cache.unlink(missing_ok=True)
+        teacher = ReplayTeacher(out_dir / "teacher", KindsDemo.name, split)
+        RationaleGenerator(KindsDemo.name, teacher, cache, progress=False).run(splits[split])
+        splits[split] = attach_rationales(splits[split], load_rationales(cache))
     return splits
 
 
