@@ -75,5 +75,9 @@ def shared_encoder_loss_sums(family, model, tokenizer, input_ids, attention_mask
 def step_by_step_loss(label_sum, rationale_sum, n_label, n_rationale, alpha: float, two_tasks: bool):
     """(loss, label_loss, rationale_loss) from the summed cross-entropies and the token counts to divide by."""
     label_loss, rationale_loss = label_sum / n_label, rationale_sum / n_rationale
-    loss = alpha * label_loss + (1 - alpha) * rationale_loss if two_tasks else label_loss
-    return loss, label_loss, rationale_loss
+    return task_mix(label_loss, rationale_loss, alpha, two_tasks), label_loss, rationale_loss
+
+
+def task_mix(label_loss, rationale_loss, alpha: float, two_tasks: bool):
+    """The step-by-step total: ``alpha * label + (1 - alpha) * rationale``, or the label task alone."""
+    return alpha * label_loss + (1 - alpha) * rationale_loss if two_tasks else label_loss

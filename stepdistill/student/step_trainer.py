@@ -16,7 +16,7 @@ from transformers import Trainer, TrainerCallback
 from ..tasks import Task
 from .collate import GlobalBatchLengthSampler, default_length_chunks, length_sorted_micro_batches
 from .config import TrainConfig
-from .loss import shared_encoder_loss_sums, step_by_step_loss, token_loss_sum
+from .loss import shared_encoder_loss_sums, step_by_step_loss, task_mix, token_loss_sum
 from .schedules import schedules_of, soft_labels_on, values_at
 from .sharding import rationale_inputs
 
@@ -196,7 +196,7 @@ class StepByStepTrainer(Trainer):
                                              sharded=self.is_fsdp_enabled or self.is_deepspeed_enabled)
             n_soft = (num_items_in_batch[2] if global_counts else n_here).clamp(min=1).to(soft_sum.dtype)
             label_loss = label_task_loss(label_loss, soft_sum, n_soft, values["soft_weight"], values["temperature"])
-            loss = values["alpha"] * label_loss + (1 - values["alpha"]) * rationale_loss if two_tasks else label_loss
+            loss = task_mix(label_loss, rationale_loss, values["alpha"], two_tasks)
             if model.training and n_here > 0:
                 self._task_losses["soft_loss"].append((soft_sum / n_here).item())  # KL per example, without T^2
         if model.training:  # per-micro-batch task means, for logging

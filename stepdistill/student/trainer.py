@@ -152,8 +152,9 @@ def _run_training(task, train_records, valid_records, test_records, config: Trai
 
         cap = auto_micro_batch(getattr(model, "config", None),
                                row_tokens(train_dataset, family.labels_follow_inputs), args.device.type)
-        if cap is not None and batch_layout(config.batch_size, processes, cap) != (per_device, accumulation):
-            per_device, accumulation = batch_layout(config.batch_size, processes, cap)
+        derived = batch_layout(config.batch_size, processes, cap) if cap is not None else (per_device, accumulation)
+        if derived != (per_device, accumulation):
+            per_device, accumulation = derived
             args = training_arguments(config, checkpoint_dir, per_device, accumulation)
     batch_log = None
     if config.log_batch_ids:
