@@ -91,14 +91,24 @@ def is_synthetic(record: dict[str, Any]) -> bool:
     return isinstance(record.get("synthetic"), dict)
 
 
+def _first_record(path: Path) -> dict[str, Any] | None:
+    """The first complete record of a cache (None: empty), without reading the rest."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.endswith(b"\n") and line.strip():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return None  # the full read names the file and line
+                return record if isinstance(record, dict) else None
+    return None
+
+
 def synthetic_caches(patterns: str | Iterable[str], option: str = "--rationales") -> bool:
-    """Whether the caches hold synthetic examples (True) or rationales for real examples (False); both is an error."""
-    kinds = {}
-    for path in cache_paths(patterns):
-        records = read_cache(path)[0]
-        kinds[path] = bool(records) and all(is_synthetic(record) for record in records)
-        if not kinds[path] and any(is_synthetic(record) for record in records):
-            raise DataError(f"{path}: mixes synthetic examples and rationales (option {option})")
+    """Whether the caches hold synthetic examples (True) or rationales for real examples (False); both is an error.
+    A cache is one kind throughout (one `generate` wrote it): its first record says which, so the caches are not
+    read twice (a synthetic cache with another record in it is refused line by line in :func:`synthetic_records`)."""
+    kinds = {path: is_synthetic(_first_record(path) or {}) for path in cache_paths(patterns)}
     if len(set(kinds.values())) > 1:
         synthetic = ", ".join(str(path) for path, kind in kinds.items() if kind)
         raise DataError(f"option {option}: {synthetic} hold synthetic examples and the others rationales for real "
