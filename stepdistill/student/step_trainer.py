@@ -157,8 +157,10 @@ class StepByStepTrainer(Trainer):
                                     "example_index": inputs["example_index"].tolist()}) + "\n")
         two_tasks = self.step_config.method == "step-by-step"
         values = self.scheduled_values()  # alpha, soft_weight, temperature of this update (student/schedules.py)
-        if getattr(self.kd, "offline", False):
+        offline_kd = getattr(self.kd, "offline", False)
+        if offline_kd:
             self.kd.set_rows(inputs)
+        fused = False
         if self.step_config.shared_encoder:
             rows = inputs["rationale_rows"] if two_tasks else inputs["rationale_rows"][:0]
             (label_sum, label_tokens), (rationale_sum, rationale_tokens) = shared_encoder_loss_sums(
@@ -167,8 +169,18 @@ class StepByStepTrainer(Trainer):
                 (self.step_config.label_prefix, self.step_config.rationale_prefix), self.length_chunks,
                 self.accelerator.unwrap_model(model))
         else:
-            label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
-                                                      inputs["labels"])
+            # soft labels: the hard loss from the gold candidate's row of the candidate pass (no label pass of its
+            # own), unless online token KD needs the label pass (student/soft_labels.py)
+            fused = self.soft_labels and bool(inputs["labels_are_gold"]) and (self.kd is None or offline_kd)
+            if fused:
+                from .soft_labels import label_task_sums
+
+                label_sum, label_tokens, soft_sum, n_here = label_task_sums(
+                    self.family, model, inputs, values["temperature"], self.rank_normalization,
+                    self.accelerator.unwrap_model(model), self.length_chunks)
+            else:
+                label_sum, label_tokens = self._task_loss(model, inputs["input_ids"], inputs["attention_mask"],
+                                                          inputs["labels"])
             rationale_sum, rationale_tokens = label_sum.new_zeros(()), label_tokens.new_zeros(())
             sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # never skip a pass: ranks gather in step
             if two_tasks and (sharded or inputs["rationale_labels"].ne(-100).any()):
@@ -191,9 +203,10 @@ class StepByStepTrainer(Trainer):
         if self.soft_labels:  # the label task with the teacher's distribution (student/soft_labels.py)
             from .soft_labels import label_task_loss, soft_loss_sum
 
-            soft_sum, n_here = soft_loss_sum(self.family, model, inputs, values["temperature"],
-                                             self.rank_normalization, self.accelerator.unwrap_model(model),
-                                             sharded=self.is_fsdp_enabled or self.is_deepspeed_enabled)
+            if not fused:
+                soft_sum, n_here = soft_loss_sum(self.family, model, inputs, values["temperature"],
+                                                 self.rank_normalization, self.accelerator.unwrap_model(model),
+                                                 sharded=self.is_fsdp_enabled or self.is_deepspeed_enabled)
             n_soft = (num_items_in_batch[2] if global_counts else n_here).clamp(min=1).to(soft_sum.dtype)
             label_loss = label_task_loss(label_loss, soft_sum, n_soft, values["soft_weight"], values["temperature"])
             loss = task_mix(label_loss, rationale_loss, values["alpha"], two_tasks)

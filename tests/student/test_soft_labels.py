@@ -73,30 +73,39 @@ def test_collator_passes_each_rows_candidates_teacher_distribution_and_gold_inde
          "candidate_ids": [[8, 1], [9, 9, 1]], "teacher_logprobs": [-0.5, -1.0], "gold_index": 0},
         {"input_ids": [4], "labels": [-100, 9, 1] if causal else [9, 1], "candidate_ids": [],
          "teacher_logprobs": [], "gold_index": -1},  # the teacher failed here: no soft target
-        {"input_ids": [3, 3], "labels": [-100, -100, 2, 1] if causal else [2, 1],
+        {"input_ids": [3, 3], "labels": [-100, -100, 9, 9, 1] if causal else [9, 9, 1],
          "candidate_ids": [[2, 1], [8, 1], [9, 9, 1]], "teacher_logprobs": [-0.25, -2.0, -3.0], "gold_index": 2},
     ]
     if causal:
         features[0]["input_ids"] += [8, 1]
         features[1]["input_ids"] += [9, 1]
-        features[2]["input_ids"] += [2, 1]
+        features[2]["input_ids"] += [9, 9, 1]
     for feature in features:
         feature.update(rationale_input_ids=[], rationale_labels=[], example_index=0)
-    batch = MultiTaskCollator(0, labels_follow_inputs=causal)(features)
+    collate = MultiTaskCollator(0, labels_follow_inputs=causal)
+    batch = collate(features)
     assert batch["soft_rows"].tolist() == [0, 2]
     assert batch["soft_gold"].tolist() == [0, 2]
     assert batch["soft_mask"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["soft_teacher"].tolist() == [[-0.5, -1.0, 0.0], [-0.25, -2.0, -3.0]]
+    # every candidate of a soft-label example; the label of the row without one (hard loss only)
     labels = [[t for t in row.tolist() if t != -100] for row in batch["candidate_labels"]]
-    assert labels == [[8, 1], [9, 9, 1], [2, 1], [8, 1], [9, 9, 1]]
+    assert labels == [[8, 1], [9, 9, 1], [9, 1], [2, 1], [8, 1], [9, 9, 1]]
+    assert batch["candidate_rows"].tolist() == [0, 0, 1, 2, 2, 2]
+    assert batch["candidate_slots"].tolist() == [0, 1, -1, 0, 1, 2]
+    assert batch["candidate_hard"].tolist() == [True, False, True, False, False, True]
+    assert bool(batch["labels_are_gold"])
     if causal:  # the prompt, then the candidate; loss on the candidate only
         rows = [row[:int(n)].tolist() for row, n in zip(batch["candidate_input_ids"],
                                                        batch["candidate_attention_mask"].sum(1))]
-        assert rows == [[5, 6, 7, 8, 1], [5, 6, 7, 9, 9, 1], [3, 3, 2, 1], [3, 3, 8, 1], [3, 3, 9, 9, 1]]
+        assert rows == [[5, 6, 7, 8, 1], [5, 6, 7, 9, 9, 1], [4, 9, 1], [3, 3, 2, 1], [3, 3, 8, 1], [3, 3, 9, 9, 1]]
         assert batch["candidate_labels"][1].tolist() == [-100, -100, -100, 9, 9, 1]
     else:  # the candidates as decoder labels; the encoder reads each batch row once
         assert "candidate_input_ids" not in batch
         assert batch["candidate_labels"][1].tolist() == [9, 9, 1]
+    # a label that is not its gold candidate's tokens: the hard loss needs its own pass
+    features[2]["gold_index"] = 1
+    assert not bool(collate(features)["labels_are_gold"])
 
 
 @pytest.mark.parametrize("model_name,normalization", [("tiny", "sum"), ("tiny", "mean"), ("tiny-llama", "sum")])
@@ -105,7 +114,7 @@ def test_kl_term_equals_a_hand_computation_from_the_ranking_scores(tmp_path, mod
     from stepdistill.student.examples import select_examples, tokenize_examples
     from stepdistill.student.families import family_of
     from stepdistill.student.models import load_student, student_texts
-    from stepdistill.student.soft_labels import label_task_loss, soft_loss_sum
+    from stepdistill.student.soft_labels import label_task_loss, label_task_sums, soft_loss_sum
 
     records = soft_records()
     config = TrainConfig(model=model_name, method="distill", max_target_length=16)
@@ -133,6 +142,25 @@ def test_kl_term_equals_a_hand_computation_from_the_ranking_scores(tmp_path, mod
     # temperature 1 is another number (the temperature really divides both)
     assert soft_loss_sum(family, model, batch, 1.0, normalization)[0].item() == pytest.approx(
         sum(hand_kl(t, s, 1.0) for t, s in zip(teacher, scores)), rel=1e-4)
+
+    # one pass for the whole label task (the default): the gold candidates' rows give the label pass's hard loss
+    # (the 3 teacher failures' rows are scored on their labels alone), in one chunk or in length-sorted chunks
+    hard_sum, hard_tokens = family.loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert bool(batch["labels_are_gold"])
+    for chunks in (1, 3):
+        fused = label_task_sums(family, model, batch, temperature, normalization, chunks=chunks)
+        assert [int(fused[1]), int(fused[3])] == [int(hard_tokens), 13]
+        assert [fused[0].item(), fused[2].item()] == pytest.approx([hard_sum.item(), expected], rel=1e-5)
+
+    def gradient(*terms):
+        model.zero_grad()
+        sum(terms).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    separate = gradient(*family.loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[:1],
+                        soft_loss_sum(family, model, batch, temperature, normalization)[0])
+    fused = label_task_sums(family, model, batch, temperature, normalization, chunks=3)
+    assert (gradient(fused[0], fused[2]) - separate).abs().max() < 1e-5 * separate.abs().max()
 
     # the label task: (1 - w) * hard + w * T^2 * KL / (soft-label examples of the global batch)
     hard = torch.tensor(1.7)
