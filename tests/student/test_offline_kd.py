@@ -75,8 +75,8 @@ def models(tmp_path_factory):
 K = 4
 
 
-def _cached_records(teacher_dir, records):
-    """Records carrying token_topk as the teacher would store it: its teacher-forced top-K per token of its whole
+def _cached_records(teacher_dir, records, k=K):
+    """Records carrying token_topk as the teacher would store it: its teacher-forced top-k per token of its whole
     output (rationale, then the answer sentence), as its tokenizer spells them."""
     teacher, tokenizer = load_student(teacher_dir)
     out = []
@@ -89,10 +89,10 @@ def _cached_records(teacher_dir, records):
         with torch.no_grad():
             logits = teacher(**enc, labels=ids).logits[0]
         logprobs = torch.log_softmax(logits.float(), -1)
-        top = logprobs.topk(K)
+        top = logprobs.topk(k)
         chosen = ids[0].tolist()
         out.append({**record, "teacher_token_topk": {
-            "tokenizer": str(teacher_dir), "k": K, "chosen": tokenizer.convert_ids_to_tokens(chosen),
+            "tokenizer": str(teacher_dir), "k": k, "chosen": tokenizer.convert_ids_to_tokens(chosen),
             "chosen_logprobs": [float(logprobs[p, t]) for p, t in enumerate(chosen)],
             "tokens": [tokenizer.convert_ids_to_tokens(row) for row in top.indices.tolist()],
             "logprobs": top.values.tolist()}})
@@ -152,6 +152,54 @@ def test_end_to_end_the_first_step_loss_is_the_hand_composed_loss(models, tmp_pa
     assert log[0]["rationale_loss"] == pytest.approx(ce_total / tokens, rel=0.05)  # the plain CE, as before
     assert log[0]["rationale_token_kd_loss"] == pytest.approx(sum(kd_terms) / len(kd_terms), rel=0.1)
     assert log[-1]["rationale_token_kd_loss"] < log[0]["rationale_token_kd_loss"]  # it learns the teacher
+
+
+@pytest.mark.parametrize("divergence", ["fkl", "rkl", "jsd"])
+def test_offline_equals_online_when_the_top_k_is_the_whole_vocabulary(models, divergence):
+    """The cache holds the teacher's whole distribution at every token: on the aligned rationale tokens the offline
+    divergence (renormalised top-k) equals the online one from the teacher's logits, and so does the CE."""
+    from stepdistill.student.collate import MultiTaskCollator
+    from stepdistill.student.examples import select_examples, tokenize_examples
+    from stepdistill.student.families import family_of
+    from stepdistill.student.offline_kd import build_offline_distiller
+    from stepdistill.student.online_kd import build_online_distiller
+
+    teacher_dir, student_dir = models
+    student, tokenizer = load_student(student_dir)
+    student.eval()
+    family = family_of(student)
+    vocabulary = len(tokenizer)
+    records = _cached_records(teacher_dir, toy_records(without_rationale=(2,)), k=vocabulary)
+    settings = dict(model=str(student_dir), token_kd_weight=0.5, kd_divergence=divergence, kd_temperature=1.5,
+                    max_target_length=32)
+    offline_config = TrainConfig(token_kd_source="cache", **settings)
+    examples, _ = select_examples(records, offline_config, toy_task())
+    dataset = tokenize_examples(examples, tokenizer, offline_config, family)
+    offline = build_offline_distiller(offline_config, examples, records, dataset, tokenizer, family)
+    online = build_online_distiller(TrainConfig(kd_teacher=str(teacher_dir), **settings), student, tokenizer, family,
+                                    torch.device("cpu"))
+    batch = MultiTaskCollator(tokenizer.pad_token_id)([dataset[i] for i in range(len(dataset))])
+    offline.set_rows(batch)
+    ids, mask, labels = batch["rationale_input_ids"], batch["rationale_attention_mask"], batch["rationale_labels"]
+    with torch.no_grad():
+        ce, tokens, kd_offline, ce_aligned = offline.chunk_sums(student, ids, mask, labels)
+        # online on the aligned tokens only: every other target (</s>, the unaligned) masked out
+        aligned_labels = torch.full_like(labels, -100)
+        for b, row in enumerate(offline.rows):
+            ordinals = offline.table[row][0]
+            aligned_labels[b, ordinals] = labels[b, ordinals]
+        ce_online, count, kd_online, _ = online.chunk_sums(student, ids, mask, aligned_labels)
+    assert offline.counts["skipped_short_top_k"] == 0
+    assert int(count) == offline.counts["aligned"] == int(tokens) - len(offline.rows) > 40  # all but each </s>
+    assert float(ce_online) == pytest.approx(float(ce_aligned), rel=1e-5)
+    assert float(kd_offline) == pytest.approx(float(kd_online), rel=1e-4)
+    assert float(kd_online) > 1.0  # the student differs from its teacher: the comparison bites
+    # a top-k that is not the whole vocabulary gives another value
+    narrow = _cached_records(teacher_dir, toy_records(without_rationale=(2,)), k=4)
+    small = build_offline_distiller(offline_config, examples, narrow, dataset, tokenizer, family)
+    small.set_rows(batch)
+    with torch.no_grad():
+        assert abs(float(small.chunk_sums(student, ids, mask, labels)[2]) - float(kd_online)) > 1e-3
 
 
 def test_another_vocabulary_is_refused_with_one_line(models, tmp_path, capsys):
