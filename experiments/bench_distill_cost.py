@@ -76,15 +76,19 @@ def teacher_fields(teacher_dir: Path, records: list[dict], k: int) -> list[dict]
 
 
 def cache_bytes(records: list[dict]) -> tuple[float, float]:
-    """Bytes per 1,000 examples of a cache holding these records, without and with token_topk (one JSON line
-    each, as the cache writes them)."""
+    """Bytes per 1,000 examples of a cache holding these records' teacher fields, without and with token_topk (one
+    compact UTF-8 JSON line each, as the cache's jsonlines writer writes them)."""
+
+    def size(line: dict) -> int:
+        return len(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+
     plain = with_topk = 0
     for record in records:
         line = {"id": record["id"], "status": "ok", "raw_output": record["teacher_output"],
                 "rationale": record["rationale"], "label": record["teacher_label"],
                 "label_logprobs": record["label_logprobs"]}
-        plain += len(json.dumps(line)) + 1
-        with_topk += len(json.dumps({**line, "token_topk": record.get("teacher_token_topk")})) + 1
+        plain += size(line)
+        with_topk += size({**line, "token_topk": record.get("teacher_token_topk")})
     return 1000 * plain / len(records), 1000 * with_topk / len(records)
 
 

@@ -1,16 +1,18 @@
 """Soft labels against hard teacher labels on the kinds-demo task, over seeds (docs/training.md, "Soft labels").
 
-A teacher (a tiny T5 trained by standard fine-tuning on gold labels of `--teacher-train` problems the students never
-see) scores the six candidate kinds of every student training problem, as ranking does; its log-softmax over them is
-`label_logprobs` and its top candidate the teacher label (what a `student:` teacher writes into a cache). Students
-(tiny T5 from scratch, `--train` problems, the demo's settings) then train on teacher labels only (`standard`), with
-soft labels (`distill`, soft weight 0.5, T = 1, 2, 4), and step-by-step with and without them (the demo's replayed
-rationales, alpha 0.3). Prints mean test accuracy ± 95% t-interval per method and writes summary.json.
+A teacher (the demo's tiny T5 with `--teacher-layers` encoder and decoder layers instead of 2, trained by
+`--teacher-method` on gold labels of `--teacher-train` problems the students never see) scores the six candidate
+kinds of every student training problem, as ranking does; its log-softmax over them is `label_logprobs` and its top
+candidate the teacher label (what a `student:` teacher writes into a cache). Students (the demo's model and
+schedule, from scratch, `--train` problems) then train on teacher labels only (`standard`), with soft labels
+(`distill`, soft weight 0.5, T = 1, 2, 4), step-by-step with and without them (the demo's replayed rationales,
+alpha 0.3), and step-by-step with soft labels from a student cut from the teacher (every other layer:
+`shrink:TEACHER:layers=0,2,...`). Prints mean test accuracy ± 95% t-interval per method and writes summary.json.
 
     python experiments/bench_soft_labels.py --out bench-soft --seeds 0 1 2
 
-Measured so far (docs/training.md, "Soft labels"): the default teacher is weak (35% test accuracy at 500 steps,
-no better at 750, on a loaded 2-core CPU); `--teacher-dir` reuses a trained one (a run folder or a checkpoint).
+Measured (docs/training.md, "Soft labels"); `--teacher-dir` reuses a trained teacher (a run folder or a
+checkpoint), `--methods` runs some of the students.
 """
 
 from __future__ import annotations
@@ -29,7 +31,24 @@ METHODS = {  # name -> TrainConfig fields
     "distill T=4": dict(method="distill", temperature=4.0),
     "step-by-step (teacher labels)": dict(method="step-by-step"),
     "step-by-step + soft T=2": dict(method="step-by-step", soft_weight=0.5, temperature=2.0),
+    # the student initialised from every other layer of the teacher (its width; as many layers as the others)
+    "step-by-step + soft T=2, cut from the teacher": dict(method="step-by-step", soft_weight=0.5, temperature=2.0,
+                                                          model="shrink:TEACHER:layers=EVERY_OTHER"),
 }
+
+
+def student_fields() -> dict:
+    """The demo's student and schedule (stepdistill demo); the teacher is a deeper copy of that model."""
+    from stepdistill.demo import DEMO_MODEL
+
+    return dict(model="tiny", tiny_overrides=DEMO_MODEL, lr_scheduler_type="linear", max_input_length=64,
+                max_target_length=48, eval_batch_size=200, learning_rate=3e-3, batch_size=32, alpha=0.3)
+
+
+def saved_layers(path: Path) -> int:
+    """Encoder layers of a run folder's model or of a checkpoint folder."""
+    config = path / "model" / "config.json"
+    return json.loads((config if config.exists() else path / "config.json").read_text())["num_layers"]
 
 
 def teacher_distribution(run_dir: Path, records: list[dict]) -> list[dict]:
@@ -60,11 +79,13 @@ def main() -> None:
     parser.add_argument("--teacher-train", type=int, default=2000)
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), help="none: train (or score) the teacher only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--teacher-dir", help="an already trained teacher (a run folder or one of its checkpoints)")
     parser.add_argument("--eval-steps", type=int, default=150)
-    parser.add_argument("--teacher-method", default="standard", help="standard (gold labels) or step-by-step")
+    parser.add_argument("--teacher-method", default="step-by-step", help="standard (gold labels) or step-by-step")
+    parser.add_argument("--teacher-layers", type=int, default=4,
+                        help="encoder and decoder layers of the teacher (the student: the demo's 2, same width)")
     args = parser.parse_args()
 
     import torch
@@ -86,12 +107,16 @@ def main() -> None:
         teacher = {"test_accuracy": sum(r["teacher_label"] == r["label"] for r in scored) / len(scored)}
     else:
         teacher_dir = out / "teacher"
+        student = student_fields()
+        layers = dict(num_layers=args.teacher_layers, num_decoder_layers=args.teacher_layers)
         teacher = run_training(KindsDemo.name, teacher_train, valid, test,
-                               TrainConfig(model="tiny", method=args.teacher_method, max_steps=args.teacher_steps,
-                                           batch_size=32, learning_rate=3e-3, eval_steps=250, alpha=0.3, seed=0),
+                               TrainConfig(**{**student, "tiny_overrides": {**student["tiny_overrides"], **layers}},
+                                           method=args.teacher_method, max_steps=args.teacher_steps,
+                                           warmup_steps=args.teacher_steps // 20, eval_steps=250, seed=0),
                                teacher_dir)
     print(f"teacher {teacher_dir}: test accuracy {100 * teacher['test_accuracy']:.1f} ({len(teacher_train)} "
           f"problems, {args.teacher_method})", flush=True)
+    teacher_layers = saved_layers(teacher_dir)
     train = teacher_distribution(teacher_dir, train)
     agree = sum(r["teacher_label"] == r["label"] for r in train) / len(train)
     entropy = sum(-sum(math.exp(v) * v for v in r["label_logprobs"].values()) for r in train) / len(train)
@@ -101,9 +126,13 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for name in args.methods:
         for seed in args.seeds:
-            config = TrainConfig(model="tiny", label_source="teacher", max_steps=args.steps, batch_size=32,
-                                 learning_rate=3e-3, eval_steps=args.eval_steps, alpha=0.3, seed=seed,
-                                 **METHODS[name])
+            fields = dict(METHODS[name])
+            if fields.get("model", "").startswith("shrink:"):
+                every_other = ",".join(str(i) for i in range(0, teacher_layers, 2))
+                fields["model"] = fields["model"].replace("TEACHER", str(teacher_dir)).replace("EVERY_OTHER",
+                                                                                               every_other)
+            config = TrainConfig(**{**student_fields(), **fields}, label_source="teacher", max_steps=args.steps,
+                                 warmup_steps=args.steps // 20, eval_steps=args.eval_steps, seed=seed)
             run = run_training(KindsDemo.name, train, valid, test, config,
                                out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") / f"seed{seed}")
             results.setdefault(name, []).append(run)
