@@ -200,20 +200,35 @@ def _seq2seq_row_sums(model, inputs, batch_rows, labels, unwrapped):
     attention = inputs["attention_mask"][batch_rows[first]]
     width = max(1, int(attention.sum(1).max()))
     attention = attention[:, :width]
+    rest = ~first
     encoded = model(input_ids=inputs["input_ids"][batch_rows[first], :width], attention_mask=attention,
-                    decoder_input_ids=decoder_input_ids[first])
+                    decoder_input_ids=decoder_input_ids[first], use_cache=bool(rest.any()))
     first_sums, first_counts = _row_sums(encoded.logits, labels[first])
     sums = first_sums.new_zeros(len(batch_rows)).index_add(0, first.nonzero().squeeze(1), first_sums)
     counts = first_counts.new_zeros(len(batch_rows)).index_add(0, first.nonzero().squeeze(1), first_counts)
-    rest = ~first
     if rest.any():
         which = first.cumsum(0)[rest] - 1  # each other candidate's encoded row
         logits = model(encoder_outputs=(encoded.encoder_last_hidden_state[which],), attention_mask=attention[which],
-                       decoder_input_ids=decoder_input_ids[rest]).logits
+                       decoder_input_ids=decoder_input_ids[rest], **_cross_attention_reuse(encoded, which)).logits
         rest_sums, rest_counts = _row_sums(logits, labels[rest])
         sums = sums.index_add(0, rest.nonzero().squeeze(1), rest_sums)
         counts = counts.index_add(0, rest.nonzero().squeeze(1), rest_counts)
     return sums, counts
+
+
+def _cross_attention_reuse(encoded, which) -> dict[str, Any]:
+    """``{"cache": ...}`` holding the first pass's cross-attention keys and values, one row per candidate row
+    (``which``): the decoder then does not project the repeated encoder states again in every layer. {} where the
+    model returned no encoder-decoder cache."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    cache = encoded.get("cache", encoded.get("past_key_values"))
+    if not isinstance(cache, EncoderDecoderCache):
+        return {}
+    cross = DynamicCache()
+    for index, layer in enumerate(cache.cross_attention_cache.layers):
+        cross.update(layer.keys[which], layer.values[which], index)
+    return {"cache": EncoderDecoderCache(DynamicCache(), cross), "use_cache": False}
 
 
 def _row_sums(logits, targets):

@@ -152,6 +152,14 @@ def test_kl_term_equals_a_hand_computation_from_the_ranking_scores(tmp_path, mod
         assert [int(fused[1]), int(fused[3])] == [int(hard_tokens), 13]
         assert [fused[0].item(), fused[2].item()] == pytest.approx([hard_sum.item(), expected], rel=1e-5)
 
+    if family.name == "seq2seq":  # the other candidates reuse the first pass's cross-attention keys and values
+        projected = []
+        hook = model.decoder.block[0].layer[1].EncDecAttention.k.register_forward_hook(
+            lambda module, args, out: projected.append(args[0].shape[0]))
+        label_task_sums(family, model, batch, temperature, normalization)
+        hook.remove()
+        assert projected == [16]  # the encoder states of each batch row projected once, not once per candidate
+
     def gradient(*terms):
         model.zero_grad()
         sum(terms).backward()
