@@ -31,7 +31,10 @@ METHODS = {  # name -> TrainConfig fields
     "distill T=4": dict(method="distill", temperature=4.0),
     "step-by-step (teacher labels)": dict(method="step-by-step"),
     "step-by-step + soft T=2": dict(method="step-by-step", soft_weight=0.5, temperature=2.0),
+    "step-by-step + soft T=4": dict(method="step-by-step", soft_weight=0.5, temperature=4.0),
     # the student initialised from every other layer of the teacher (its width; as many layers as the others)
+    "step-by-step (teacher labels), cut from the teacher": dict(method="step-by-step",
+                                                                model="shrink:TEACHER:layers=EVERY_OTHER"),
     "step-by-step + soft T=2, cut from the teacher": dict(method="step-by-step", soft_weight=0.5, temperature=2.0,
                                                           model="shrink:TEACHER:layers=EVERY_OTHER"),
 }

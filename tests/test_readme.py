@@ -53,8 +53,9 @@ SHRINK = {"--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--count": "48", "
           "--concurrency": "8", "--workers": "1", "--seeds": "[0]",
           "--trials": "2"}
 # options added when a subcommand does not give them (the demo's defaults train 6 runs of 300 steps)
-ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
-         "tune": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1"},
+# (a 2-step student's generated rationales run to the length limit: 32 tokens, not the default 256)
+ADDED = {"train": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--max-target-length": "32"},
+         "tune": {"--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--max-target-length": "32"},
          "curve": {"--seeds": "[0]"},
          "demo": {"--workers": "1", "--train-size": "48", "--valid-size": "8", "--test-size": "8",
                   "--max-steps": str(MAX_STEPS), "--eval-steps": "1", "--seeds": "[0]"},
@@ -247,7 +248,9 @@ def test_parser_joins_continuations_and_reads_marks(tmp_path):
         4, "stepdistill train --task esnli --max-steps 2000 --out-dir 'a b'", set())
     assert (second.line, second.needs) == (6, {"hub"})
     assert rewritten(first)[3:] == ["train", "--task", "esnli", "--max-steps", "2", "--out-dir", "a b",
-                                    "--eval-steps", "1"]
+                                    "--eval-steps", "1", "--max-target-length", "32"]
+    assert rewritten(Command("R.md", 1, "stepdistill train --max-target-length 128"))[3:] == [
+        "train", "--max-target-length", "128", "--max-steps", "2", "--eval-steps", "1"]  # given: kept
     assert rewritten(Command("R.md", 1, "stepdistill demo --workers 2"))[3:] == [
         "demo", "--workers", "1", "--train-size", "48", "--valid-size", "8", "--test-size", "8", "--max-steps", "2",
         "--eval-steps", "1", "--seeds", "[0]"]
