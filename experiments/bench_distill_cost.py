@@ -1,4 +1,4 @@
-"""What distillation adds to a training step, side by side in one run (docs/training.md, "Cost of distillation").
+"""What distillation adds to a training step, side by side in one run (experiments/README.md, docs/training.md).
 
 On the kinds-demo task (the demo's replayed rationales, six candidate kinds per problem) a tiny T5 student trains
 for ``--steps`` steps of ``--batch-size`` under each configuration; the configurations run one at a time, each in
