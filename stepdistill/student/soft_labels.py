@@ -63,7 +63,7 @@ def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_f
     batch row of each), ``candidate_slots`` (its column in the soft table; -1: a hard-label-only row) and
     ``candidate_hard`` (its tokens are the example's hard target: the gold candidate, or the label of a row without
     a soft target); the teacher's log-probs as a padded (soft-label examples, most candidates) table with its mask,
-    the hard label's index, ``soft_rows`` (the batch rows of the soft-label examples) and ``labels_are_gold`` (every
+    ``soft_rows`` (the batch rows of the soft-label examples) and ``labels_are_gold`` (every
     soft-label example's label tokens are its gold candidate's, so the candidate rows give the hard loss too).
     Seq2seq: the rows are decoder labels (the encoder reads each batch row once); causal: the example's prompt, then
     the candidate (the training row layout), in ``candidate_input_ids``."""
@@ -112,7 +112,6 @@ def soft_label_batch(features: list[dict[str, Any]], pad_token_id: int, labels_f
         "soft_rows": torch.tensor(soft_rows, dtype=torch.long),
         "soft_teacher": teacher,
         "soft_mask": mask,
-        "soft_gold": torch.tensor([features[i]["gold_index"] for i in soft_rows], dtype=torch.long),
     }
 
 
